@@ -1,0 +1,66 @@
+"""Neighborhood attention as pure functions, and the one function that picks a backend.
+
+Backends:
+- ``"torch"``: :func:`na2d_tiled`, pure PyTorch, any device, forward and backward, rpb, dilation.
+- ``"natten"``: NATTEN >= 0.21, only where it can run the call fully (no rpb; backward on CUDA).
+- ``"reference"``: :func:`na2d_reference`, the brute-force oracle used by the tests.
+- ``"auto"``: NATTEN on CUDA where it can serve the call, otherwise ``"torch"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_na2d_args
+from .natten_adapter import na2d_natten, natten_unavailable
+from .reference import na2d_reference
+from .tiled import na2d_tiled
+
+BACKENDS = ("auto", "torch", "natten", "reference")
+
+
+def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool = False) -> str:
+    """Resolve ``backend`` for this call; raise if an explicit choice cannot serve it."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend=}")
+    if backend in ("torch", "reference"):
+        return backend
+    needs_grad = torch.is_grad_enabled() and (
+        query.requires_grad or (rpb is not None and rpb.requires_grad)
+    )
+    reason = natten_unavailable(query, rpb, return_weights, needs_grad)
+    if backend == "natten":
+        if reason is not None:
+            raise ValueError(f"backend='natten' cannot serve this call: {reason}")
+        return "natten"
+    # auto: off CUDA NATTEN's fallback is quadratic, so the tiled kernel always wins there
+    return "natten" if reason is None and query.device.type == "cuda" else "torch"
+
+
+def na2d(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_weights: bool = False,
+):
+    """2-D neighborhood attention on ``(batch, height, width, heads, head_dim)`` tensors.
+
+    Every query attends to the ``kernel_size**2`` keys of its window (shifted, not padded, at
+    the borders; dilation ``d`` attends within the ``d x d`` interleaved groups). ``rpb`` of shape
+    ``(heads, 2k-1, 2k-1)`` is added to the logits; ``scale`` defaults to ``head_dim**-0.5``.
+    With ``return_weights`` it also returns the softmax weights, ``(B, heads, H, W, k*k)``.
+    """
+    check_na2d_args(query, key, value, kernel_size, dilation, rpb)
+    name = select_backend(backend, query, rpb, return_weights)
+    if name == "natten":
+        return na2d_natten(query, key, value, kernel_size, dilation, scale)
+    impl = na2d_reference if name == "reference" else na2d_tiled
+    return impl(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
+
+
+__all__ = ["BACKENDS", "na2d", "na2d_natten", "na2d_reference", "na2d_tiled", "select_backend"]

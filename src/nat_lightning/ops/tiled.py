@@ -1,0 +1,142 @@
+"""The fast pure-PyTorch neighborhood attention: dense attention on tiles, masked to the windows.
+
+Queries are cut into ``T x T`` tiles. The windows of a tile's queries all lie inside one
+``(T+k-1) x (T+k-1)`` region of keys, so each tile is one small dense attention whose logits
+get the rpb added and everything outside each query's window set to ``-inf``. That turns the
+op into batched matmuls and a softmax, which BLAS and PyTorch's fused attention run well, and
+whose backward is ordinary autograd. Work and memory per query are ``(T+k-1)^2`` instead of
+``k^2``: constant, so both grow linearly with the number of tokens.
+
+Dilation is handled in the index arithmetic: tiles are cut inside each dilation group, so no
+reshaping or padding of the feature map is needed and odd sizes work unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_na2d_args
+from .windows import window_start
+
+
+class AxisTiles(NamedTuple):
+    """How one axis is cut into query tiles and key regions (all index tensors)."""
+
+    tile: int  # queries per tile, T
+    region: int  # keys per region, R = T + k - 1 (or fewer on short axes)
+    query_index: torch.Tensor  # (n_tiles * T,) position of every query slot (padding repeats)
+    key_index: torch.Tensor  # (n_tiles * R,) position of every key slot
+    bias_index: torch.Tensor  # (n_tiles, T, R) rpb offset in [0, 2k-2], or 2k-1 = outside the window
+    neighbor_slot: torch.Tensor  # (n_tiles, T, k) region slot of each window member
+    inverse: torch.Tensor  # (length,) the query slot that holds each position
+
+
+@functools.lru_cache(maxsize=256)
+def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device: str) -> AxisTiles:
+    """Tile one axis of ``length`` positions; cached, as layers reuse the same geometry."""
+    k, d = kernel_size, dilation
+    tile = max(1, min(tile, length // d - k + 1))  # the shortest group must hold a region
+    region = tile + k - 1
+    queries, keys, bias, slots = [], [], [], []
+    inverse = torch.empty(length, dtype=torch.long)
+    for group in range(d):
+        group_len = len(range(group, length, d))
+        starts = window_start(length, k, d)[group::d]  # (group_len,) group coordinates
+        n_tiles = math.ceil(group_len / tile)
+        for t in range(n_tiles):
+            q = (t * tile + torch.arange(tile)).clamp(max=group_len - 1)  # repeat the last query
+            first = min(int(starts[q[0]]), group_len - region)
+            r = first + torch.arange(region)
+            rel = r[None, :] - starts[q][:, None]  # (T, R) place of each key in each window
+            inside = (rel >= 0) & (rel < k)
+            bias.append(torch.where(inside, k - 1 + r[None, :] - q[:, None], 2 * k - 1))
+            slots.append(starts[q][:, None] + torch.arange(k) - first)
+            queries.append(group + d * q)
+            keys.append(group + d * r)
+        offset = sum(len(x) for x in queries[:-n_tiles]) if n_tiles < len(queries) else 0
+        own = torch.arange(group_len)
+        inverse[group + d * own] = offset + own
+    return AxisTiles(
+        tile,
+        region,
+        torch.cat(queries).to(device),
+        torch.cat(keys).to(device),
+        torch.stack(bias).to(device),
+        torch.stack(slots).to(device),
+        inverse.to(device),
+    )
+
+
+def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, th: int, tw: int):
+    """(B, H, W, heads, D) -> (B, heads, n_th, n_tw, th*tw, D), gathering ``rows`` x ``cols``."""
+    b, _, _, heads, dim = x.shape
+    x = x.index_select(1, rows).index_select(2, cols)  # (B, n_th*th, n_tw*tw, heads, D)
+    x = x.view(b, rows.numel() // th, th, cols.numel() // tw, tw, heads, dim)
+    return x.permute(0, 5, 1, 3, 2, 4, 6).reshape(b, heads, -1, th * tw, dim)
+
+
+def _bias(rpb: torch.Tensor | None, rows: AxisTiles, cols: AxisTiles, heads: int, kernel_size: int, like):
+    """Additive logits bias per tile: rpb inside each window, -inf outside. (heads|1, n, T*T, R*R)."""
+    if rpb is None:
+        rpb = torch.zeros(1, 2 * kernel_size - 1, 2 * kernel_size - 1, device=like.device)
+    table = F.pad(rpb.to(like.dtype), (0, 1, 0, 1), value=float("-inf"))  # index 2k-1 is "masked"
+    bh, bw = rows.bias_index, cols.bias_index
+    bias = table[:, bh[:, None, :, None, :, None], bw[None, :, None, :, None, :]]
+    # (heads, n_th, n_tw, T, T, R, R) -> (heads, n_th*n_tw, T*T, R*R)
+    return bias.reshape(table.shape[0], -1, rows.tile * cols.tile, rows.region * cols.region)
+
+
+def na2d_tiled(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    return_weights: bool = False,
+    tile_size: int = 8,
+):
+    """Exact neighborhood attention on ``(B, H, W, heads, D)``; see the module docstring."""
+    check_na2d_args(query, key, value, kernel_size, dilation, rpb)
+    batch, height, width, heads, head_dim = query.shape
+    scale = head_dim**-0.5 if scale is None else scale
+    dev = str(query.device)
+    rows = axis_tiles(height, kernel_size, dilation, tile_size, dev)
+    cols = axis_tiles(width, kernel_size, dilation, tile_size, dev)
+    q = _to_tiles(query, rows.query_index, cols.query_index, rows.tile, cols.tile)
+    k = _to_tiles(key, rows.key_index, cols.key_index, rows.region, cols.region)
+    v = _to_tiles(value, rows.key_index, cols.key_index, rows.region, cols.region)
+    bias = _bias(rpb, rows, cols, heads, kernel_size, query)  # (heads|1, n, T*T, R*R)
+    logits = torch.matmul(q * scale, k.transpose(-1, -2)) + bias  # (B, heads, n, T*T, R*R)
+    weights = logits.softmax(-1)
+    out = torch.matmul(weights, v)  # (B, heads, n, T*T, D)
+    n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
+    out = out.view(batch, heads, n_th, n_tw, rows.tile, cols.tile, head_dim)
+    out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(batch, n_th * rows.tile, n_tw * cols.tile, heads, head_dim)
+    out = out.index_select(1, rows.inverse).index_select(2, cols.inverse)
+    if not return_weights:
+        return out
+    return out, _window_weights(weights, rows, cols, batch, heads, kernel_size)
+
+
+def _window_weights(weights, rows: AxisTiles, cols: AxisTiles, batch, heads, kernel_size):
+    """Pick each query's k*k window out of its tile's weights -> (B, heads, H, W, k*k)."""
+    n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
+    w = weights.view(batch, heads, n_th, n_tw, rows.tile, cols.tile, rows.region, cols.region)
+    sh, sw = rows.neighbor_slot, cols.neighbor_slot  # (n_t, T, k)
+    a = torch.arange(n_th, device=w.device)[:, None, None, None, None, None]
+    c = torch.arange(n_tw, device=w.device)[None, :, None, None, None, None]
+    i = torch.arange(rows.tile, device=w.device)[None, None, :, None, None, None]
+    j = torch.arange(cols.tile, device=w.device)[None, None, None, :, None, None]
+    picked = w[:, :, a, c, i, j, sh[:, None, :, None, :, None], sw[None, :, None, :, None, :]]
+    # (B, heads, n_th, n_tw, T, T, k, k) -> (B, heads, n_th*T, n_tw*T, k*k)
+    picked = picked.permute(0, 1, 2, 4, 3, 5, 6, 7).reshape(
+        batch, heads, n_th * rows.tile, n_tw * cols.tile, kernel_size * kernel_size
+    )
+    return picked.index_select(2, rows.inverse).index_select(3, cols.inverse)
