@@ -1,0 +1,160 @@
+"""Neighborhood attention op on CPU: the tiled torch backend against a naive gather, and memory
+against full self-attention.
+
+    python experiments/bench_op.py            # full run (~4 min on 2 cores), writes op_*.png
+    python experiments/bench_op.py --quick    # fewer repeats
+
+Time: forward+backward with rpb, median of repeats after one warm-up, same process, same inputs.
+"Naive gather" is nat_lightning.ops.na2d_reference: it gathers each query's k*k keys and values
+into a (B, H, W, k, k, heads, D) tensor and runs einsums; its backward scatters them back.
+Memory: peak resident memory growth during one forward+backward, each case in a fresh
+subprocess (VmHWM reset through /proc/self/clear_refs), inputs excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nat_lightning.ops import na2d_reference, na2d_tiled
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {  # name: (batch, side, heads, head_dim), kernel 7, as in NAT-Mini at 224 px
+    "NAT-Mini stage 1": (8, 56, 2, 32),
+    "NAT-Mini stage 3": (8, 14, 8, 32),
+}
+
+
+def full_attention(q, k, v, kernel_size, dilation, rpb):
+    """Global self-attention over all tokens (what NA replaces), explicit N x N scores."""
+    b, h, w, heads, d = q.shape
+    q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in (q, k, v))
+    scores = (q * d**-0.5) @ k.transpose(-1, -2)
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, h, w, heads, d)
+
+
+IMPLS = {"naive gather": na2d_reference, "tiled (torch backend)": na2d_tiled, "full self-attention": full_attention}
+
+
+def inputs(batch, side, heads, dim, dtype, kernel_size=7):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, side, side, heads, dim, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=g).to(dtype).requires_grad_()
+    return q, k, v, rpb
+
+
+def step(impl, q, k, v, rpb):
+    out = impl(q, k, v, 7, 1, rpb)
+    out.backward(torch.ones_like(out))
+    for t in (q, k, v, rpb):
+        t.grad = None
+
+
+def median_seconds(impl, args, repeats):
+    step(impl, *args)  # warm-up: caches, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(impl, *args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def peak_memory_child(impl_name, side, batch, heads, dim):
+    """Runs in a subprocess: peak RSS growth (MiB) of one forward+backward."""
+    args = inputs(batch, side, heads, dim, torch.float32)
+    step(IMPLS[impl_name], *inputs(batch, 8 if impl_name != "naive gather" else 8, heads, dim, torch.float32))
+    base = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM)
+    step(IMPLS[impl_name], *args)
+    return (_rss_kib("VmHWM") - base) / 1024
+
+
+def peak_memory(impl_name, side, batch=1, heads=2, dim=32):
+    code = (
+        "import sys, json; sys.path.insert(0, %r); import bench_op as b; "
+        "print(json.dumps(b.peak_memory_child(%r, %d, %d, %d, %d)))" % (str(HERE), impl_name, side, batch, heads, dim)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    torch.manual_seed(0)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("\n### Forward+backward with rpb, k=7: median ms, ratio = naive / tiled\n")
+    print("| shape | dtype | naive gather ms | tiled ms | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    for name, shape in SHAPES.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            data = inputs(*shape, dtype)
+            naive = median_seconds(na2d_reference, data, repeats)
+            fast = median_seconds(na2d_tiled, data, repeats)
+            print(f"| {name} {shape} | {str(dtype)[6:]} | {naive * 1e3:.0f} | {fast * 1e3:.1f} | {naive / fast:.1f}x |")
+
+    sides = [14, 28, 56, 112]
+    print("\n### Peak memory of one forward+backward (B=1, 2 heads x 32, k=7, fp32), MiB\n")
+    print("| tokens | " + " | ".join(IMPLS) + " |")
+    print("|---:|" + "---:|" * len(IMPLS))
+    memory = {n: [] for n in IMPLS}
+    for side in sides:
+        for n in IMPLS:
+            memory[n].append(peak_memory(n, side))
+        print(f"| {side * side} | " + " | ".join(f"{memory[n][-1]:.1f}" for n in IMPLS) + " |")
+    for n in IMPLS:
+        print(f"- {n}: memory ratio for 4x tokens ({sides[-1]}^2 vs {sides[-2]}^2): {memory[n][-1] / memory[n][-2]:.2f}x")
+
+    print("\n### Time of one forward+backward against tokens (B=1, 2 heads x 32, k=7, fp32), ms\n")
+    timing = {n: [] for n in IMPLS}
+    print("| tokens | " + " | ".join(IMPLS) + " |")
+    print("|---:|" + "---:|" * len(IMPLS))
+    for side in sides:
+        data = inputs(1, side, 2, 32, torch.float32)
+        for n, impl in IMPLS.items():
+            timing[n].append(median_seconds(impl, data, max(3, repeats // 2)) * 1e3)
+        print(f"| {side * side} | " + " | ".join(f"{timing[n][-1]:.1f}" for n in IMPLS) + " |")
+    plot(sides, memory, timing)
+
+
+def plot(sides, memory, timing):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plots)")
+        return
+    tokens = [s * s for s in sides]
+    for data, label, fname in ((memory, "peak memory (MiB)", "op_memory.png"), (timing, "fwd+bwd time (ms)", "op_time.png")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for n, ys in data.items():
+            ax.plot(tokens, ys, marker="o", label=n)
+        ax.set(xscale="log", yscale="log", xlabel="tokens (H x W)", ylabel=label, title="2-D attention, k=7, CPU")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(HERE / fname, dpi=110)
+        print(f"wrote experiments/{fname}")
+
+
+if __name__ == "__main__":
+    main()
