@@ -231,7 +231,7 @@ class NatModel(NatPreTrainedModel):
         self.config = config
         self.patch_embed = ConvTokenizer(config)
         self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
         bounds = [sum(config.depths[:i]) for i in range(len(config.depths) + 1)]
         self.levels = nn.ModuleList(
             NatStage(i, rates[bounds[i] : bounds[i + 1]], config, downsample=i < len(config.depths) - 1)
