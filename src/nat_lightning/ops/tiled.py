@@ -72,6 +72,11 @@ def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device: 
     )
 
 
+def _auto_tile(length: int, dilation: int) -> int:
+    group_len = -(-length // dilation)
+    return min((8, 7, 6), key=lambda t: -(-group_len // t) * t)
+
+
 def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, th: int, tw: int):
     """(B, H, W, heads, D) -> (B, heads, n_th, n_tw, th*tw, D), gathering ``rows`` x ``cols``."""
     b, _, _, heads, dim = x.shape
@@ -100,15 +105,19 @@ def na2d_tiled(
     rpb: torch.Tensor | None = None,
     scale: float | None = None,
     return_weights: bool = False,
-    tile_size: int = 8,
+    tile_size: int | None = None,
 ):
-    """Exact neighborhood attention on ``(B, H, W, heads, D)``; see the module docstring."""
+    """Exact neighborhood attention on ``(B, H, W, heads, D)``; see the module docstring.
+
+    ``tile_size`` is the query tile edge; by default 6, 7 or 8, whichever wastes the fewest
+    padded query slots (larger on ties, as larger tiles keep the matmuls efficient).
+    """
     check_na2d_args(query, key, value, kernel_size, dilation, rpb)
     batch, height, width, heads, head_dim = query.shape
     scale = head_dim**-0.5 if scale is None else scale
     dev = str(query.device)
-    rows = axis_tiles(height, kernel_size, dilation, tile_size, dev)
-    cols = axis_tiles(width, kernel_size, dilation, tile_size, dev)
+    rows = axis_tiles(height, kernel_size, dilation, tile_size or _auto_tile(height, dilation), dev)
+    cols = axis_tiles(width, kernel_size, dilation, tile_size or _auto_tile(width, dilation), dev)
     q = _to_tiles(query, rows.query_index, cols.query_index, rows.tile, cols.tile)
     k = _to_tiles(key, rows.key_index, cols.key_index, rows.region, cols.region)
     v = _to_tiles(value, rows.key_index, cols.key_index, rows.region, cols.region)

@@ -1,0 +1,177 @@
+"""NAT-Mini against Swin-T on CPU: training and inference images/s, and Lightning's overhead.
+
+    python experiments/bench_model.py                 # ~15 min on 2 cores
+    python experiments/bench_model.py --steps 4 --repeats 1   # a quick look
+
+Every measurement runs in its own subprocess, NAT and Swin alternating, so both see the same
+machine state. Swin-T is timm's ``swin_tiny_patch4_window7_224``; timm needs torchvision, which
+cannot live beside the project's CPU torch, so it runs from a separate virtual environment that
+this script creates on first use (experiments/.venv-timm, ``pip install torch==2.14.1
+torchvision==0.29.1 timm``); nat_lightning never depends on it.
+
+Training step: fp32, batch 16, 224x224, AdamW, cross-entropy, random images and labels,
+a plain PyTorch loop; median seconds per step after warm-up steps. Inference: eval mode,
+no_grad, the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TIMM_VENV = HERE / ".venv-timm"
+
+
+def build(name: str, backend: str):
+    import torch
+
+    if name == "swin_t":
+        import timm
+
+        return timm.create_model("swin_tiny_patch4_window7_224", num_classes=1000)
+    from nat_lightning import NatConfig, NatForImageClassification
+
+    return NatForImageClassification(NatConfig.from_variant(name, num_labels=1000, attention_backend=backend))
+
+
+def logits_of(out):
+    return out if hasattr(out, "shape") else out.logits
+
+
+def measure(name: str, mode: str, batch: int, steps: int, warmup: int, backend: str) -> dict:
+    """Runs inside a worker process: median seconds per step of ``mode`` for model ``name``."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build(name, backend)
+    images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
+    times = []
+    if mode == "train":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(logits_of(model(images)), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - start)
+    else:
+        model.eval()
+        with torch.no_grad():
+            for i in range(warmup + steps):
+                start = time.perf_counter()
+                logits_of(model(images))
+                times.append(time.perf_counter() - start)
+    step = statistics.median(times[warmup:])
+    params = sum(p.numel() for p in model.parameters())
+    return {"model": name, "mode": mode, "s_per_step": step, "img_s": batch / step, "params_m": params / 1e6,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def measure_lightning(batch: int, steps: int, warmup: int) -> dict:
+    """NatClassifier on lightning.Trainer, same step as the plain loop (AdamW, constant data)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from nat_lightning import NatClassifier
+
+    class Fixed(Dataset):
+        def __len__(self):
+            return (warmup + steps) * batch
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"pixel_values": torch.randn(3, 224, 224, generator=g), "labels": torch.tensor(i % 1000)}
+
+    class StepTimer(L.Callback):
+        def __init__(self):
+            self.times, self.start = [], 0.0
+
+        def on_train_batch_start(self, *args):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            self.times.append(time.perf_counter() - self.start)
+
+    torch.manual_seed(0)
+    model = NatClassifier(model="nat_mini", num_classes=1000, label_smoothing=0.0, warmup_epochs=0.0)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                        num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, DataLoader(Fixed(), batch_size=batch))
+    step = statistics.median(timer.times[warmup:])
+    return {"model": "nat_mini (Lightning)", "mode": "train", "s_per_step": step, "img_s": batch / step}
+
+
+def ensure_timm_venv() -> Path:
+    python = TIMM_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {TIMM_VENV} (torch 2.14.1 + torchvision 0.29.1 + timm; several GB) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(TIMM_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", "timm"],
+                       check=True)
+    return python
+
+
+def run_worker(python: str, *args: str) -> dict:
+    out = subprocess.run([python, __file__, "--worker", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="alternating NAT/Swin measurements per mode")
+    p.add_argument("--backend", default="auto", help="NAT attention backend")
+    p.add_argument("--no-lightning", action="store_true")
+    a = p.parse_args()
+    if a.worker is not None:
+        name, mode = a.worker
+        result = measure_lightning(a.batch, a.steps, a.warmup) if mode == "lightning" else measure(
+            name, mode, a.batch, a.steps, a.warmup, a.backend)
+        print(json.dumps(result))
+        return
+    timm_python = str(ensure_timm_venv())
+    common = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", a.backend]
+    results: dict[tuple[str, str], list[float]] = {}
+    for mode in ("train", "infer"):
+        for _ in range(a.repeats):
+            for name, python in (("nat_mini", sys.executable), ("swin_t", timm_python)):
+                r = run_worker(python, name, mode, *common)
+                results.setdefault((name, mode), []).append(r["img_s"])
+                print(f"  {name:10s} {mode:5s} {r['img_s']:.2f} img/s ({r['params_m']:.1f}M params, torch {r['torch']})",
+                      flush=True)
+    if not a.no_lightning:
+        for _ in range(a.repeats):
+            for name, mode in (("nat_mini", "train"), ("nat_mini", "lightning")):
+                r = run_worker(sys.executable, name, mode, *common)
+                results.setdefault((name, mode), []).append(r["img_s"])
+                print(f"  {name:10s} {mode:9s} {r['img_s']:.2f} img/s", flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"\n| batch {a.batch}, 224 px, fp32 | NAT-Mini img/s | Swin-T img/s | NAT / Swin |")
+    print("|---|---:|---:|---:|")
+    for mode in ("train", "infer"):
+        n, s = med[("nat_mini", mode)], med[("swin_t", mode)]
+        print(f"| {mode} | {n:.2f} | {s:.2f} | {n / s:.2f}x |")
+    if not a.no_lightning:
+        plain = statistics.median(results[("nat_mini", "train")][-a.repeats:])
+        light = med[("nat_mini", "lightning")]
+        print(f"\nLightning Trainer vs plain loop (NAT-Mini train): {light:.2f} vs {plain:.2f} img/s = {light / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""``python -m nat_lightning`` / ``nat-lightning``: LightningCLI for fit, validate, test,
+predict, plus ``export``.
+
+    nat-lightning fit --config configs/quickstart.yaml
+    nat-lightning fit --config configs/quickstart.yaml --ckpt_path last     # resume
+    nat-lightning predict --config configs/eval.yaml --data.predict_paths images/
+    nat-lightning export --ckpt_path runs/quickstart/checkpoints/last.ckpt --output exported/
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .callbacks.prediction_writer import PredictionWriter
+from .data import HFImageDataModule
+from .tasks import NatClassifier
+
+TRAINER_DEFAULTS = {
+    "default_root_dir": "runs/nat",
+    "callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+        {"class_path": "lightning.pytorch.callbacks.RichModelSummary", "init_args": {"max_depth": 2}},
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+        {"class_path": "nat_lightning.callbacks.throughput.ImageThroughputMonitor"},
+    ],
+}
+
+
+def _in_dir(name: str):
+    return lambda root: os.path.join(root or os.getcwd(), name)
+
+
+class NatLightningCLI(LightningCLI):
+    """LightningCLI with the data's classes linked into the model and checkpointing always on."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.id2label", "model.id2label", apply_on="instantiate")
+        # best by val/acc1 plus last.ckpt, in <default_root_dir>/checkpoints so that
+        # `--ckpt_path last` finds them again from a new process
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc1",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "epoch{epoch:03d}-acc{val/acc1:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_in_dir("checkpoints"))
+        # Ctrl-C and SIGTERM end fit through Lightning's exception path: save before exiting
+        parser.add_lightning_class_args(OnExceptionCheckpoint, "on_exception")
+        parser.link_arguments("trainer.default_root_dir", "on_exception.dirpath", compute_fn=_in_dir("checkpoints"))
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+
+def export_main(argv: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from .export import export
+
+    CLI(export, args=argv, as_positional=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: process-wide settings live here, not at import time."""
+    argv = sys.argv[1:] if argv is None else argv
+    torch.set_float32_matmul_precision("high")
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
+    NatLightningCLI(
+        NatClassifier,
+        HFImageDataModule,
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )

@@ -1,0 +1,190 @@
+"""Export a trained NatClassifier checkpoint: transformers-layout folder, ONNX, or the Hub.
+
+    nat-lightning export --ckpt_path runs/quickstart/checkpoints/last.ckpt --output exported/digits
+    nat-lightning export --ckpt_path ... --output model.onnx --format onnx
+    nat-lightning export --ckpt_path ... --output exported/digits --push_to_hub me/nat-digits
+
+Nothing is left behind on failure: outputs are built in a temporary path and moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_checkpoint(ckpt_path: str):
+    """The classifier and the raw checkpoint dict; a clear error for missing or corrupt files."""
+    from .tasks import NatClassifier
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist or is not a file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = NatClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise ValueError(f"ckpt_path={ckpt_path!r} is not a readable NatClassifier checkpoint: {err}") from err
+    return model.eval(), checkpoint
+
+
+def preprocessor_config(checkpoint: dict) -> dict:
+    """transformers' ViTImageProcessor-style preprocessor_config.json from the data settings."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    size = int(data.get("image_size", 224))
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": size, "width": size},
+        "crop_pct": data.get("crop_pct", 0.875),
+        "do_normalize": True,
+        "image_mean": list(data.get("mean") or IMAGENET_MEAN),
+        "image_std": list(data.get("std") or IMAGENET_STD),
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "resample": 3,
+    }
+
+
+def model_card(model, checkpoint: dict) -> str:
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    dataset = data.get("dataset", "unknown")
+    dataset = dataset if isinstance(dataset, str) else "in-memory dataset"
+    scores = [
+        (cb_state.get("monitor"), cb_state.get("best_model_score"))
+        for name, cb_state in (checkpoint.get("callbacks") or {}).items()
+        if name.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None
+    ]
+    metrics = "\n".join(f"| {m} | {float(s):.4f} |" for m, s in scores) or "| (none recorded) | |"
+    labels = ", ".join(f"`{v}`" for v in model.id2label.values())
+    kind = "DiNAT" if model.network.config.dilations else "NAT"
+    return f"""---
+library_name: transformers
+tags: [image-classification, nat_lightning, {kind.lower()}]
+pipeline_tag: image-classification
+---
+
+# {kind} image classifier
+
+Trained with [nat_lightning](https://github.com/) on **{dataset}**, {checkpoint.get("epoch", "?")} epochs
+({checkpoint.get("global_step", "?")} optimizer steps).
+
+Labels ({len(model.id2label)}): {labels}
+
+| metric | value |
+|---|---:|
+{metrics}
+
+Load it with `nat_lightning.NatForImageClassification.from_pretrained(path)`, or with
+transformers <= 4.40 and NATTEN <= 0.17 (`AutoModelForImageClassification`).
+"""
+
+
+def export(
+    ckpt_path: str,
+    output: str,
+    format: Literal["hf", "onnx"] = "hf",
+    overwrite: bool = False,
+    image_size: int | None = None,
+    opset: int = 17,
+    push_to_hub: str | None = None,
+    private: bool = True,
+) -> Path:
+    """Export a NatClassifier checkpoint.
+
+    Args:
+        ckpt_path: the Lightning checkpoint (.ckpt) to read.
+        output: a folder (``hf``) or a ``.onnx`` file (``onnx``).
+        format: ``hf`` = transformers layout with preprocessor_config.json and a model card;
+            ``onnx`` = an ONNX graph of the network for one fixed image size, torch attention backend.
+        overwrite: replace ``output`` when it exists.
+        image_size: input size for ONNX; by default the one the data module used.
+        opset: ONNX opset version.
+        push_to_hub: a Hub repo id to upload the ``hf`` folder to (needs network and a token).
+        private: create the Hub repo as private.
+    """
+    target = Path(output)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output={output!r} already exists; pass --overwrite true to replace it")
+    if push_to_hub and format != "hf":
+        raise ValueError(f"push_to_hub needs format='hf', got {format=}")
+    model, checkpoint = load_checkpoint(ckpt_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        if format == "hf":
+            write_hf_folder(model, checkpoint, tmp)
+            built = tmp
+        else:
+            size = image_size or preprocessor_config(checkpoint)["size"]["height"]
+            built = tmp / target.name
+            write_onnx(model, built, size, opset)
+        _move_into_place(built, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if push_to_hub:
+        upload(target, push_to_hub, private)
+    return target
+
+
+def write_hf_folder(model, checkpoint: dict, folder: Path) -> None:
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(checkpoint), indent=2))
+    (folder / "README.md").write_text(model_card(model, checkpoint))
+
+
+def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
+    network = model.network
+    network.config.attention_backend = "torch"  # NATTEN's kernels do not export
+    for module in network.modules():
+        if hasattr(module, "backend"):
+            module.backend = "torch"
+    dummy = torch.zeros(1, 3, image_size, image_size)
+
+    class Logits(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixel_values):
+            return self.net(pixel_values).logits
+
+    torch.onnx.export(
+        Logits(network).eval(), (dummy,), str(path), input_names=["pixel_values"], output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+    )
+
+
+def _move_into_place(built: Path, target: Path) -> None:
+    if target.exists():  # only reached with overwrite=True
+        old = target.with_name(f".{target.name}.old")
+        os.replace(target, old)
+        os.replace(built, target)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        os.replace(built, target)
+
+
+def upload(folder: Path, repo_id: str, private: bool) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+    except Exception as err:  # offline mode, HTTP errors, no network, no token
+        raise RuntimeError(
+            f"could not push {folder} to the Hub repo {repo_id!r}: {err}. The export itself is complete "
+            "in the output folder; check the network, HF_HUB_OFFLINE and `huggingface-cli login`, then retry."
+        ) from err

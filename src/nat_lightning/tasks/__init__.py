@@ -1,0 +1,3 @@
+from .classifier import NatClassifier
+
+__all__ = ["NatClassifier"]

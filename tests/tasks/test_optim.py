@@ -1,0 +1,68 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nat_lightning.tasks.optim import layer_id, no_weight_decay, param_groups, warmup_cosine
+
+
+class Toy(nn.Module):
+    """Parameter names shaped like the NAT network's."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Linear(2, 2)
+        self.levels = nn.ModuleList(
+            nn.ModuleDict({"blocks": nn.ModuleList(nn.Linear(2, 2) for _ in range(2)), "downsample": nn.Linear(2, 2)})
+            for _ in range(2)
+        )
+        self.rpb = nn.Parameter(torch.zeros(1, 3, 3))
+        self.gamma1 = nn.Parameter(torch.ones(2))
+        self.head = nn.Linear(2, 3)
+
+
+def test_no_weight_decay_on_norms_biases_rpb_and_layer_scale():
+    assert no_weight_decay("x.attn.rpb", torch.zeros(2, 3, 3))
+    assert no_weight_decay("x.gamma1", torch.zeros(4))
+    assert no_weight_decay("x.norm1.weight", torch.zeros(4))
+    assert no_weight_decay("x.fc1.bias", torch.zeros(4))
+    assert not no_weight_decay("x.fc1.weight", torch.zeros(4, 4))
+
+
+def test_layer_ids_follow_depth():
+    depths = [2, 3]
+    assert layer_id("nat.patch_embed.proj.0.weight", depths) == 0
+    assert layer_id("nat.levels.0.blocks.0.attn.qkv.weight", depths) == 1
+    assert layer_id("nat.levels.0.blocks.1.mlp.fc1.weight", depths) == 2
+    assert layer_id("nat.levels.0.downsample.reduction.weight", depths) == 2
+    assert layer_id("nat.levels.1.blocks.2.norm1.weight", depths) == 5
+    assert layer_id("head.weight", depths) == 6
+
+
+def test_param_groups_cover_every_parameter_once_with_layer_decay():
+    model = Toy()
+    groups = param_groups(model, 0.05, depths=[2, 2], layer_decay=0.5)
+    listed = [id(p) for g in groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters())
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert by_param[id(model.head.weight)]["lr_scale"] == 1.0
+    assert by_param[id(model.patch_embed.weight)]["lr_scale"] == 0.5**5
+    assert by_param[id(model.rpb)]["weight_decay"] == 0.0
+    assert by_param[id(model.head.weight)]["weight_decay"] == 0.05
+
+
+def test_warmup_then_cosine_values():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "lr_scale": 0.5}], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(15):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5 * 1 / 5)
+    assert lrs[3] == pytest.approx(0.5 * 4 / 5)
+    assert lrs[4] == pytest.approx(0.5)  # peak right after warmup
+    assert lrs[9] == pytest.approx(0.5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
+    assert lrs[14] == pytest.approx(0.5 * 0.1)
