@@ -13,22 +13,33 @@ import os
 import sys
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    OnExceptionCheckpoint,
+    RichModelSummary,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks.prediction_writer import PredictionWriter
+from .callbacks.throughput import ImageThroughputMonitor
 from .data import HFImageDataModule
 from .tasks import NatClassifier
 
-TRAINER_DEFAULTS = {
-    "default_root_dir": "runs/nat",
-    "callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
-        {"class_path": "lightning.pytorch.callbacks.RichModelSummary", "init_args": {"max_depth": 2}},
-        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
-        {"class_path": "nat_lightning.callbacks.throughput.ImageThroughputMonitor"},
-    ],
-}
+
+
+def trainer_defaults() -> dict:
+    """Always-on callbacks (LightningCLI keeps these besides any in the config) and the run folder."""
+    return {
+        "default_root_dir": "runs/nat",
+        "callbacks": [
+            RichProgressBar(),
+            RichModelSummary(max_depth=2),
+            LearningRateMonitor(logging_interval="step"),
+            ImageThroughputMonitor(),
+        ],
+    }
 
 
 def _in_dir(name: str):
@@ -75,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     NatLightningCLI(
         NatClassifier,
         HFImageDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults=trainer_defaults(),
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=argv,

@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 class HFImageDataModule(L.LightningDataModule):
     def __init__(
         self,
-        dataset: str | datasets.Dataset | datasets.DatasetDict = DIGITS_PARQUET,
+        dataset: str | datasets.Dataset | datasets.DatasetDict | None = None,
         config_name: str | None = None,
         train_split: str = "train",
         val_split: str = "validation",
@@ -56,7 +56,7 @@ class HFImageDataModule(L.LightningDataModule):
     ):
         """Args:
         dataset: a Hub id, a local folder (imagefolder or saved dataset), parquet/arrow file(s) or
-            a glob, or a datasets.Dataset/DatasetDict. Default: the embedded digits.
+            a glob, or a datasets.Dataset/DatasetDict. None: the embedded digits (DIGITS_PARQUET).
         config_name: the Hub dataset's configuration.
         train_split: split to train on.
         val_split: split to validate on; carved from train (``val_fraction``, seeded) if missing.
@@ -86,8 +86,8 @@ class HFImageDataModule(L.LightningDataModule):
         predict_paths: a folder of images, or a list of image files, to run ``predict`` on.
         """
         super().__init__()
-        self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
-        self.dataset = dataset
+        self.save_hyperparameters(ignore=[] if dataset is None or isinstance(dataset, str) else ["dataset"])
+        self.dataset = DIGITS_PARQUET if dataset is None else dataset
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction=}")
         if preprocessor_config is not None:
