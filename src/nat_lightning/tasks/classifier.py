@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..callbacks.data_epochs import DataEpochs
 from ..callbacks.finetuning import BackboneFreeze
+from ..callbacks.rng_state import RNGState
 from ..models import NatConfig, NatForImageClassification
 from .mixup import MixupCutmix
 from .optim import param_groups, warmup_cosine
@@ -192,7 +193,8 @@ class NatClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self):
-        callbacks = [DataEpochs()]  # streaming shuffle epochs, skipped-image reports
+        # streaming shuffle epochs and skipped-image reports; RNG state in checkpoints for exact resumes
+        callbacks = [DataEpochs(), RNGState()]
         if self.hparams.finetune != "full":
             thaw = None if self.hparams.finetune == "linear_probe" else self.hparams.unfreeze_at_epoch
             callbacks.append(BackboneFreeze(unfreeze_at_epoch=thaw))
