@@ -29,17 +29,16 @@ from .tasks import NatClassifier
 
 
 
-def trainer_defaults() -> dict:
-    """Always-on callbacks (LightningCLI keeps these besides any in the config) and the run folder."""
-    return {
-        "default_root_dir": "runs/nat",
-        "callbacks": [
-            RichProgressBar(),
-            RichModelSummary(max_depth=2),
-            LearningRateMonitor(logging_interval="step"),
-            ImageThroughputMonitor(),
-        ],
-    }
+def default_callbacks(trainer_config: dict) -> list:
+    """Rich progress bar and summary, LR and images/s logging, unless the config turns them off."""
+    callbacks = []
+    if trainer_config.get("enable_progress_bar") is not False:
+        callbacks.append(RichProgressBar())
+    if trainer_config.get("enable_model_summary") is not False:
+        callbacks.append(RichModelSummary(max_depth=2))
+    if trainer_config.get("logger") is not False:
+        callbacks += [LearningRateMonitor(logging_interval="step"), ImageThroughputMonitor()]
+    return callbacks
 
 
 def _in_dir(name: str):
@@ -68,6 +67,12 @@ class NatLightningCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "on_exception.dirpath", compute_fn=_in_dir("checkpoints"))
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
+    def instantiate_trainer(self, **kwargs):
+        """Adds :func:`default_callbacks` (kept besides any callbacks the config lists)."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        self.trainer_defaults["callbacks"] = default_callbacks(config)
+        return super().instantiate_trainer(**kwargs)
+
 
 def export_main(argv: list[str]) -> None:
     from jsonargparse import CLI
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     NatLightningCLI(
         NatClassifier,
         HFImageDataModule,
-        trainer_defaults=trainer_defaults(),
+        trainer_defaults={"default_root_dir": "runs/nat"},
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=argv,

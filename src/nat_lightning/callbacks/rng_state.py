@@ -18,30 +18,23 @@ def _numpy_state() -> tuple:
 
 
 class RNGState(Callback):
-    def __init__(self):
-        self._restored: dict | None = None
+    """Checkpoints torch's, numpy's and Python's RNG states and restores them on resume.
+
+    Restoring happens as the checkpoint is loaded, before the fit loop builds its first data
+    iterator (a resumed fit fetches its first batch before ``on_train_start``); Lightning runs
+    the sanity check under ``isolate_rng``, so it does not disturb the restored state.
+    """
 
     def state_dict(self) -> dict:  # called when a checkpoint is written: capture now
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy": _numpy_state(),
-            "python": random.getstate(),
-        }
+        state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._restored = state_dict
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        """Restore after the sanity check and before the first epoch's data iterator."""
-        if self._restored is None:
-            return
-        state, self._restored = self._restored, None
-        torch.set_rng_state(state["torch"])
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        random.setstate(state["python"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        random.setstate(state_dict["python"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

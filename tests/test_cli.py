@@ -1,0 +1,172 @@
+"""The real CLI: every config parses, fit/resume/validate/predict/export run, bad input is named."""
+
+import csv
+import json
+import signal
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from nat_lightning import NatForImageClassification
+from nat_lightning.cli import main
+from nat_lightning.export import export, load_checkpoint
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches", "3",
+         "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "model:" in capsys.readouterr().out
+
+
+def test_a_misspelt_key_is_named(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/quickstart.yaml", "--model.learning_rate", "0.1"])
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def fit(tmp_path, *extra):
+    main(["fit", *QUICK, "--trainer.default_root_dir", str(tmp_path), *extra])
+    return tmp_path / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quick")
+    Path.cwd()
+    import os
+
+    os.chdir(Path(__file__).resolve().parents[1])
+    ckpts = fit(root, "--trainer.max_epochs", "2")
+    return root, ckpts / "last.ckpt"
+
+
+def test_fit_writes_best_and_last_checkpoints_and_csv_logs(trained):
+    root, last = trained
+    names = sorted(p.name for p in last.parent.glob("*.ckpt"))
+    assert "last.ckpt" in names and any(n.startswith("epoch") for n in names)
+    metrics = list(root.glob("lightning_logs/version_*/metrics.csv"))
+    assert metrics and "val/acc1" in metrics[0].read_text().splitlines()[0]
+
+
+class KillMidEpoch(L.Callback):
+    """Interrupts fit like Ctrl-C in the middle of epoch 1."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            raise KeyboardInterrupt
+
+
+def interrupted_fit(root):
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C
+            fit(root, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.test_cli.KillMidEpoch")
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    return root / "checkpoints"
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
+    full = fit(tmp_path / "full", "--trainer.max_epochs", "2")
+    cut = interrupted_fit(tmp_path / "cut")
+    (cut / "on_exception.ckpt").unlink()  # a hard kill (SIGKILL) writes nothing: resume from last.ckpt
+    fit(tmp_path / "cut", "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    a = torch.load(full / "last.ckpt", weights_only=True)
+    b = torch.load(cut / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 6 and a["epoch"] == b["epoch"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for key, value in a["optimizer_states"][0]["state"][0].items():
+        assert torch.equal(value, b["optimizer_states"][0]["state"][0][key]), key
+
+
+def test_ctrl_c_writes_a_checkpoint_that_resumes(tmp_path):
+    cut = interrupted_fit(tmp_path)
+    state = torch.load(cut / "on_exception.ckpt", weights_only=True)
+    assert state["global_step"] == 4  # 3 steps of epoch 0, 1 of epoch 1
+    fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert torch.load(cut / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_validate_and_predict_from_a_checkpoint(trained, tmp_path):
+    _, last = trained
+    main(["validate", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(last),
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "1"])
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("L", (8, 8), 40 * i).save(images / f"img{i}.png")
+    main(["predict", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(last),
+          "--trainer.default_root_dir", str(tmp_path), "--data.predict_paths", str(images)])
+    rows = list(csv.reader((tmp_path / "predictions.csv").open()))
+    assert rows[0][:2] == ["id", "label_1"] and len(rows) == 4
+    assert rows[1][0].endswith("img0.png")
+    probs = [float(p) for p in rows[1][6:11]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_export_transformers_folder(trained, tmp_path):
+    _, last = trained
+    out = tmp_path / "exported"
+    main(["export", "--ckpt_path", str(last), "--output", str(out)])
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert pre["size"] == {"height": 32, "width": 32} and pre["image_mean"] == [0.5, 0.5, 0.5]
+    assert "val/acc1" in (out / "README.md").read_text()
+    model, _ = load_checkpoint(str(last))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(NatForImageClassification.from_pretrained(out).eval()(x).logits, model(x))
+    with pytest.raises(FileExistsError, match="already exists.*--overwrite"):
+        export(str(last), str(out))
+    export(str(last), str(out), overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_onnx_matches_pytorch(trained, tmp_path):
+    import onnxruntime
+
+    _, last = trained
+    path = export(str(last), str(tmp_path / "model.onnx"), format="onnx")
+    session = onnxruntime.InferenceSession(str(path))
+    x = torch.randn(3, 3, 32, 32)
+    got = session.run(None, {"pixel_values": x.numpy()})[0]
+    model, _ = load_checkpoint(str(last))
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_export_errors_leave_nothing_behind(trained, tmp_path):
+    _, last = trained
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export(str(tmp_path / "missing.ckpt"), str(tmp_path / "out"))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable NatClassifier checkpoint"):
+        export(str(corrupt), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ckpt"]
+
+
+def test_push_to_hub_offline_fails_clearly_after_a_complete_export(trained, tmp_path, monkeypatch):
+    _, last = trained
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="could not push .* to the Hub repo 'me/nat-digits'"):
+        export(str(last), str(tmp_path / "hub"), push_to_hub="me/nat-digits")
+    assert (tmp_path / "hub" / "model.safetensors").exists()
