@@ -7,8 +7,14 @@ op into batched matmuls and a softmax, which BLAS and PyTorch's fused attention 
 whose backward is ordinary autograd. Work and memory per query are ``(T+k-1)^2`` instead of
 ``k^2``: constant, so both grow linearly with the number of tokens.
 
-Dilation is handled in the index arithmetic: tiles are cut inside each dilation group, so no
-reshaping or padding of the feature map is needed and odd sizes work unchanged.
+Two ways to cut the tiles, same result:
+- strided (the fast path): tile t's key region starts k//2 before its first query, so regions
+  are ``unfold`` windows of the zero-padded map, queries a reshape of the padded map; no gathers.
+  It serves dilation 1 whenever every clamped border window still falls in its tile's region
+  (tiles of at least k//2+1 queries, the last one too), and dilation d when d divides the map,
+  by folding the d x d dilation groups into the batch.
+- indexed (any size, any dilation): tiles are cut inside each dilation group with index
+  arithmetic and gathered with ``index_select``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class AxisTiles(NamedTuple):
     bias_index: torch.Tensor  # (n_tiles, T, R) rpb offset in [0, 2k-2], or 2k-1 = outside the window
     neighbor_slot: torch.Tensor  # (n_tiles, T, k) region slot of each window member
     inverse: torch.Tensor  # (length,) the query slot that holds each position
+    strided: bool = False  # key slot r of tile t is position t*T + r - k//2 (may be padding)
 
 
 @functools.lru_cache(maxsize=256)
@@ -72,9 +79,61 @@ def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device: 
     )
 
 
+@functools.lru_cache(maxsize=256)
+def strided_tiles(length: int, kernel_size: int, tile: int, device: str) -> AxisTiles | None:
+    """Tiles whose key regions are plain strided windows; None where that misses a window."""
+    k, half = kernel_size, kernel_size // 2
+    n_tiles = math.ceil(length / tile)
+    if length < k or tile < half + 1 or length - (n_tiles - 1) * tile < half + 1:
+        return None
+    region = tile + k - 1
+    queries = torch.arange(n_tiles * tile).clamp(max=length - 1).view(n_tiles, tile)  # pad slots repeat
+    keys = (torch.arange(n_tiles) * tile - half)[:, None] + torch.arange(region)  # (n, R)
+    starts = window_start(length, k, 1)[queries]  # (n, T)
+    rel = keys[:, None, :] - starts[:, :, None]  # (n, T, R)
+    inside = (rel >= 0) & (rel < k)
+    bias = torch.where(inside, k - 1 + keys[:, None, :] - queries[:, :, None], 2 * k - 1)
+    slots = starts[:, :, None] + torch.arange(k) - keys[:, None, :1]
+    return AxisTiles(tile, region, queries.flatten().to(device), keys.flatten().to(device), bias.to(device),
+                     slots.to(device), torch.arange(length, device=device), strided=True)
+
+
 def _auto_tile(length: int, dilation: int) -> int:
     group_len = -(-length // dilation)
     return min((8, 7, 6), key=lambda t: -(-group_len // t) * t)
+
+
+def _strided_queries(x: torch.Tensor, rows: AxisTiles, cols: AxisTiles):
+    """(B, H, W, heads, D) -> (B, heads, n_th*n_tw, T*T, D), padding the map to whole tiles."""
+    b, h, w, heads, dim = x.shape
+    n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
+    x = F.pad(x, (0, 0, 0, 0, 0, n_tw * cols.tile - w, 0, n_th * rows.tile - h))
+    x = x.view(b, n_th, rows.tile, n_tw, cols.tile, heads, dim)
+    return x.permute(0, 5, 1, 3, 2, 4, 6).reshape(b, heads, n_th * n_tw, rows.tile * cols.tile, dim)
+
+
+def _strided_regions(x: torch.Tensor, rows: AxisTiles, cols: AxisTiles, kernel_size: int):
+    """(B, H, W, heads, D) -> (B, heads, n_th*n_tw, R*R, D): overlapping windows of the padded map."""
+    b, h, w, heads, dim = x.shape
+    half = kernel_size // 2
+    n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
+    x = F.pad(x, (0, 0, 0, 0, half, n_tw * cols.tile - w + half, half, n_th * rows.tile - h + half))
+    x = x.unfold(1, rows.region, rows.tile).unfold(2, cols.region, cols.tile)  # (B, n_th, n_tw, heads, D, R, R)
+    return x.permute(0, 3, 1, 2, 5, 6, 4).reshape(b, heads, n_th * n_tw, rows.region * cols.region, dim)
+
+
+def _fold_groups(x: torch.Tensor, d: int) -> torch.Tensor:
+    """(B, H, W, ...) -> (B*d*d, H/d, W/d, ...): each dilation group becomes an image."""
+    b, h, w = x.shape[:3]
+    x = x.view(b, h // d, d, w // d, d, *x.shape[3:]).transpose(2, 3)  # (B, H/d, W/d, d, d, ...)
+    return x.movedim((3, 4), (1, 2)).reshape(b * d * d, h // d, w // d, *x.shape[5:])
+
+
+def _unfold_groups(x: torch.Tensor, d: int, batch: int) -> torch.Tensor:
+    """Inverse of :func:`_fold_groups` for (B*d*d, h, w, ...)."""
+    h, w = x.shape[1:3]
+    x = x.view(batch, d, d, h, w, *x.shape[3:]).movedim((1, 2), (3, 4))  # (B, h, w, d, d, ...)
+    return x.transpose(2, 3).reshape(batch, h * d, w * d, *x.shape[5:])
 
 
 def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, th: int, tw: int):
@@ -115,12 +174,28 @@ def na2d_tiled(
     check_na2d_args(query, key, value, kernel_size, dilation, rpb)
     batch, height, width, heads, head_dim = query.shape
     scale = head_dim**-0.5 if scale is None else scale
+    d = dilation
+    if d > 1 and height % d == 0 and width % d == 0:  # dilation groups as separate images
+        folded = [_fold_groups(t, d) for t in (query, key, value)]
+        result = na2d_tiled(*folded, kernel_size, 1, rpb, scale, return_weights, tile_size)
+        if not return_weights:
+            return _unfold_groups(result, d, batch)
+        out, weights = result
+        weights = _unfold_groups(weights.movedim(1, -2), d, batch).movedim(-2, 1)
+        return _unfold_groups(out, d, batch), weights
     dev = str(query.device)
-    rows = axis_tiles(height, kernel_size, dilation, tile_size or _auto_tile(height, dilation), dev)
-    cols = axis_tiles(width, kernel_size, dilation, tile_size or _auto_tile(width, dilation), dev)
-    q = _to_tiles(query, rows.query_index, cols.query_index, rows.tile, cols.tile)
-    k = _to_tiles(key, rows.key_index, cols.key_index, rows.region, cols.region)
-    v = _to_tiles(value, rows.key_index, cols.key_index, rows.region, cols.region)
+    th, tw = tile_size or _auto_tile(height, d), tile_size or _auto_tile(width, d)
+    rows = (strided_tiles(height, kernel_size, th, dev) if d == 1 else None) or axis_tiles(height, kernel_size, d, th, dev)
+    cols = (strided_tiles(width, kernel_size, tw, dev) if d == 1 else None) or axis_tiles(width, kernel_size, d, tw, dev)
+    if rows.strided and cols.strided:
+        q = _strided_queries(query, rows, cols)
+        k, v = (_strided_regions(t, rows, cols, kernel_size) for t in (key, value))
+    else:
+        rows = axis_tiles(height, kernel_size, d, th, dev) if rows.strided else rows
+        cols = axis_tiles(width, kernel_size, d, tw, dev) if cols.strided else cols
+        q = _to_tiles(query, rows.query_index, cols.query_index, rows.tile, cols.tile)
+        k = _to_tiles(key, rows.key_index, cols.key_index, rows.region, cols.region)
+        v = _to_tiles(value, rows.key_index, cols.key_index, rows.region, cols.region)
     bias = _bias(rpb, rows, cols, heads, kernel_size, query)  # (heads|1, n, T*T, R*R)
     logits = torch.matmul(q * scale, k.transpose(-1, -2)) + bias  # (B, heads, n, T*T, R*R)
     weights = logits.softmax(-1)
@@ -128,10 +203,17 @@ def na2d_tiled(
     n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
     out = out.view(batch, heads, n_th, n_tw, rows.tile, cols.tile, head_dim)
     out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(batch, n_th * rows.tile, n_tw * cols.tile, heads, head_dim)
-    out = out.index_select(1, rows.inverse).index_select(2, cols.inverse)
+    out = _untile(out, rows, cols, 1, 2)
     if not return_weights:
         return out
     return out, _window_weights(weights, rows, cols, batch, heads, kernel_size)
+
+
+def _untile(x: torch.Tensor, rows: AxisTiles, cols: AxisTiles, row_dim: int, col_dim: int) -> torch.Tensor:
+    """Drop padding query slots: a slice for strided tiles, a gather for indexed ones."""
+    if rows.strided:
+        return x.narrow(row_dim, 0, rows.inverse.numel()).narrow(col_dim, 0, cols.inverse.numel())
+    return x.index_select(row_dim, rows.inverse).index_select(col_dim, cols.inverse)
 
 
 def _window_weights(weights, rows: AxisTiles, cols: AxisTiles, batch, heads, kernel_size):
@@ -148,4 +230,4 @@ def _window_weights(weights, rows: AxisTiles, cols: AxisTiles, batch, heads, ker
     picked = picked.permute(0, 1, 2, 4, 3, 5, 6, 7).reshape(
         batch, heads, n_th * rows.tile, n_tw * cols.tile, kernel_size * kernel_size
     )
-    return picked.index_select(2, rows.inverse).index_select(3, cols.inverse)
+    return _untile(picked, rows, cols, 2, 3)
