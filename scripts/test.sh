@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Set up a fresh clone and run the test suite: the README's second command.
-# CPU torch first, so that the project's `torch>=2.5` range installs nothing bigger;
-# NATTEN builds against it without build isolation (no compiled library without CUDA).
+# Set up a fresh clone and run the test suite: the README's second command, and what CI runs.
+# CPU torch first, so that the project's `torch>=2.5` range installs nothing bigger; NATTEN is
+# built against it without build isolation (no compiled library without CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-[ -n "${NAT_TORCH_SPEC:-}" ] || NAT_TORCH_SPEC="torch==2.13.0"
-python -m pip install -q "$NAT_TORCH_SPEC"
+python -m pip install -q torch==2.13.0
 python -m pip install -q --no-build-isolation "natten>=0.21"
 python -m pip install -q -e ".[dev]"
 python -m pytest "$@"

@@ -1,6 +1,16 @@
 """nat_lightning: train, fine-tune and evaluate Neighborhood Attention Transformers with Lightning."""
 
+from .data import HFImageDataModule
 from .models import NatBackbone, NatConfig, NatForImageClassification, NatModel
 from .ops import na2d
+from .tasks import NatClassifier
 
-__all__ = ["NatBackbone", "NatConfig", "NatForImageClassification", "NatModel", "na2d"]
+__all__ = [
+    "HFImageDataModule",
+    "NatBackbone",
+    "NatClassifier",
+    "NatConfig",
+    "NatForImageClassification",
+    "NatModel",
+    "na2d",
+]
