@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nat_lightning.ops import na2d_reference, na2d_tiled
+from nat_lightning.ops.tiled import strided_tiles
 
 SHAPES = [  # (height, width, kernel_size, dilation, tile_size)
     (7, 9, 3, 1, 8),
@@ -21,6 +22,14 @@ def _inputs(height, width, kernel_size, dtype=torch.float64, batch=2, heads=3, h
     q, k, v = (torch.randn(batch, height, width, heads, head_dim, dtype=dtype) for _ in range(3))
     rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=dtype)
     return q, k, v, rpb
+
+
+def test_shapes_cover_both_tilings():
+    """SHAPES must exercise the strided (unfold) path and the indexed (gather) path."""
+    kinds = {strided_tiles(h // d if h % d == 0 and w % d == 0 else h, k, t, "cpu") is not None
+             for h, w, k, d, t in SHAPES if d == 1 or (h % d == 0 and w % d == 0)}
+    assert kinds == {True, False}
+    assert strided_tiles(57, 7, 8, "cpu") is None  # a last tile of one query misses its window
 
 
 @pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES)

@@ -185,8 +185,9 @@ def na2d_tiled(
         return _unfold_groups(out, d, batch), weights
     dev = str(query.device)
     th, tw = tile_size or _auto_tile(height, d), tile_size or _auto_tile(width, d)
-    rows = (strided_tiles(height, kernel_size, th, dev) if d == 1 else None) or axis_tiles(height, kernel_size, d, th, dev)
-    cols = (strided_tiles(width, kernel_size, tw, dev) if d == 1 else None) or axis_tiles(width, kernel_size, d, tw, dev)
+    strided = d == 1 and not torch.onnx.is_in_onnx_export()  # ONNX's Unfold needs static sizes
+    rows = (strided_tiles(height, kernel_size, th, dev) if strided else None) or axis_tiles(height, kernel_size, d, th, dev)
+    cols = (strided_tiles(width, kernel_size, tw, dev) if strided else None) or axis_tiles(width, kernel_size, d, tw, dev)
     if rows.strided and cols.strided:
         q = _strided_queries(query, rows, cols)
         k, v = (_strided_regions(t, rows, cols, kernel_size) for t in (key, value))
