@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # copies of shared/fixtures, see its README
 
 
 def pytest_collection_modifyitems(config, items):
