@@ -96,3 +96,27 @@ def test_natten_on_cuda_matches_torch_backend():
     assert select_backend("auto", q, None) == "natten"
     torch.testing.assert_close(na2d(q, k, v, 7, 2, backend="natten"), na2d(q, k, v, 7, 2, backend="torch"),
                                atol=1e-3, rtol=1e-3)
+
+
+def test_flex_backend_matches_reference_on_cpu_forward():
+    torch.manual_seed(0)
+    q, k, v = _qkv(2, 13, 10, 2, 16)
+    rpb = torch.randn(2, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(na2d(q, k, v, 5, 2, rpb, backend="flex"), na2d_reference(q, k, v, 5, 2, rpb),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no backward on the CPU"):
+        na2d(q.requires_grad_(), k, v, 5, 2, rpb, backend="flex")
+
+
+@pytest.mark.gpu
+def test_flex_on_cuda_matches_torch_backend_with_gradients():
+    torch.manual_seed(0)
+    q, k, v = (t.cuda().requires_grad_() for t in _qkv(2, 20, 17, 2, 32))
+    rpb = torch.randn(2, 13, 13, device="cuda", requires_grad=True)
+    grads = []
+    for backend in ("flex", "torch"):
+        out = na2d(q, k, v, 7, 2, rpb, backend=backend)
+        grads.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v, rpb))])
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)

@@ -3,6 +3,8 @@
 Backends:
 - ``"torch"``: :func:`na2d_tiled`, pure PyTorch, any device, forward and backward, rpb, dilation.
 - ``"natten"``: NATTEN >= 0.21, only where it can run the call fully (no rpb; backward on CUDA).
+- ``"flex"``: :func:`na2d_flex`, FlexAttention with a window block mask and an rpb
+  ``score_mod``; for GPUs (compiled); forward-only on the CPU. Never picked by ``auto``.
 - ``"reference"``: :func:`na2d_reference`, the brute-force oracle used by the tests.
 - ``"auto"``: NATTEN on CUDA where it can serve the call, otherwise ``"torch"``.
 """
@@ -12,11 +14,12 @@ from __future__ import annotations
 import torch
 
 from .checks import check_na2d_args
+from .flex import na2d_flex
 from .natten_adapter import na2d_natten, natten_unavailable
 from .reference import na2d_reference
 from .tiled import na2d_tiled
 
-BACKENDS = ("auto", "torch", "natten", "reference")
+BACKENDS = ("auto", "torch", "natten", "flex", "reference")
 
 
 def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool = False) -> str:
@@ -28,6 +31,12 @@ def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool 
     needs_grad = torch.is_grad_enabled() and (
         query.requires_grad or (rpb is not None and rpb.requires_grad)
     )
+    if backend == "flex":
+        if return_weights:
+            raise ValueError("backend='flex' cannot serve this call: it does not return attention weights")
+        if needs_grad and query.device.type == "cpu":
+            raise ValueError("backend='flex' cannot serve this call: FlexAttention has no backward on the CPU")
+        return "flex"
     reason = natten_unavailable(query, rpb, return_weights, needs_grad)
     if backend == "natten":
         if reason is not None:
@@ -59,8 +68,10 @@ def na2d(
     name = select_backend(backend, query, rpb, return_weights)
     if name == "natten":
         return na2d_natten(query, key, value, kernel_size, dilation, scale)
+    if name == "flex":
+        return na2d_flex(query, key, value, kernel_size, dilation, rpb, scale)
     impl = na2d_reference if name == "reference" else na2d_tiled
     return impl(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
 
 
-__all__ = ["BACKENDS", "na2d", "na2d_natten", "na2d_reference", "na2d_tiled", "select_backend"]
+__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_natten", "na2d_reference", "na2d_tiled", "select_backend"]
