@@ -56,8 +56,8 @@ def preprocessor_config(checkpoint: dict) -> dict:
 
 def model_card(model, checkpoint: dict) -> str:
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    dataset = data.get("dataset", "unknown")
-    dataset = dataset if isinstance(dataset, str) else "in-memory dataset"
+    dataset = data.get("dataset")
+    dataset = "the embedded 8x8 digits" if dataset is None else str(dataset)
     scores = [
         (cb_state.get("monitor"), cb_state.get("best_model_score"))
         for name, cb_state in (checkpoint.get("callbacks") or {}).items()

@@ -1,42 +1,107 @@
-import io
+"""Tiny image datasets whose every example can be recognised from its pixels.
 
+Example i is a solid colour, ``colour_of(i)``; ``id_of`` reads i back from any pixel of the
+un-normalised (mean 0, std 1) tensor. Solid colours survive resizing and cropping unchanged.
+"""
+
+import io
+from pathlib import Path
+
+import datasets
 import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, Features, Image
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
+# DataModule settings under which pixel_values * 255 are the stored RGB values
+PLAIN = {
+    "image_size": 8,
+    "crop_pct": 1.0,
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "num_workers": 0,
+    "batch_size": 8,
+    "crop_scale": (1.0, 1.0),
+    "hflip": 0.0,
+    "rand_augment_ops": 0,
+    "color_jitter": 0.0,
+    "random_erasing": 0.0,
+}
 
-def png(color, size=(12, 10)) -> bytes:
-    buf = io.BytesIO()
-    PILImage.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
+
+@pytest.fixture(autouse=True)
+def hermetic_datasets(monkeypatch, tmp_path):
+    """No Hub requests (the machine is offline; datasets would still try, and wait), a fresh Arrow
+    cache per test instead of ~/.cache/huggingface, and no 5 s pause at the end of every
+    multi-file parquet stream (datasets waits for PyArrow's threads; tiny files need no wait)."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
 
 
 def colour_of(i: int) -> tuple[int, int, int]:
-    """A unique, recoverable colour per example id (ids < 4096)."""
+    """A unique colour per id (ids < 4096)."""
     return (i % 16 * 16, i // 16 % 16 * 16, i // 256 * 16)
 
 
-def id_of(pixels: np.ndarray) -> int:
-    r, g, b = (int(round(float(v) / 16)) for v in pixels)
+def id_of(pixels) -> int:
+    """The id of a (3, H, W) or (3,) tensor/array on the 0..1 scale."""
+    rgb = np.asarray(pixels, dtype=np.float64).reshape(3, -1)[:, 0] * 255
+    r, g, b = (round(v / 16) for v in rgb)
     return r + 16 * g + 256 * b
 
 
-@pytest.fixture
-def coloured_dataset():
-    """40 solid-colour images, 4 classes; example i has colour_of(i) and label i % 4."""
-    n = 40
-    features = Features({"img": Image(), "target": ClassLabel(names=["a", "b", "c", "d"])})
+def ids_in(batch, real_only: bool = True) -> list[int]:
+    return [
+        id_of(p)
+        for p, label in zip(batch["pixel_values"], batch["labels"])
+        if label >= 0 or not real_only
+    ]
+
+
+def png(colour, size=(12, 10), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new(mode, size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def coloured(ids, num_classes: int = 4, image="img", label="target") -> Dataset:
+    """Example i: colour_of(i), label i % num_classes, in columns named ``image`` and ``label``."""
+    ids = list(ids)
+    names = [chr(ord("a") + k) for k in range(num_classes)]
+    features = Features({image: Image(), label: ClassLabel(names=names)})
     return Dataset.from_dict(
-        {"img": [{"bytes": png(colour_of(i)), "path": None} for i in range(n)], "target": [i % 4 for i in range(n)]},
+        {
+            image: [{"bytes": png(colour_of(i)), "path": None} for i in ids],
+            label: [i % num_classes for i in ids],
+        },
         features=features,
     )
 
 
 @pytest.fixture
-def imagefolder(tmp_path):
-    for label in ("cat", "dog"):
-        (tmp_path / "train" / label).mkdir(parents=True)
-        for i in range(6):
-            PILImage.new("RGB", (20, 16), (i * 20, 0, 0)).save(tmp_path / "train" / label / f"{i}.png")
-    return tmp_path
+def coloured_dataset() -> Dataset:
+    """40 examples, 4 classes a..d, columns img/target."""
+    return coloured(range(40))
+
+
+@pytest.fixture
+def coloured_dict() -> DatasetDict:
+    """train: ids 0..36, validation: ids 100..110."""
+    return DatasetDict({"train": coloured(range(37)), "validation": coloured(range(100, 111))})
+
+
+@pytest.fixture
+def imagefolder(tmp_path) -> Path:
+    """train/{cat,dog}/i.png (7 each, 32x32) and validation/{cat,dog}/i.png (2 each); colour_of ids:
+    cat i -> i, dog i -> 50 + i, validation + 200."""
+    for split, n, offset in (("train", 7, 0), ("validation", 2, 200)):
+        for label, base in (("cat", 0), ("dog", 50)):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                PILImage.new("RGB", (32, 32), colour_of(offset + base + i)).save(
+                    folder / f"{i}.png"
+                )
+    return tmp_path / "images"

@@ -1,142 +1,325 @@
+"""HFImageDataModule end to end on tiny data: map-style and streaming batches, labels, splits,
+predict ids, preprocessing settings, and the errors for bad input."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Image, Value
+from datasets import (
+    ClassLabel,
+    Dataset,
+    Features,
+    Image,
+    IterableDatasetDict,
+    SplitDict,
+    SplitInfo,
+    Value,
+    load_dataset,
+)
 
-from nat_lightning.data import DIGITS_PARQUET, HFImageDataModule
-from nat_lightning.data.examples import PAD_LABEL
+from nat_lightning.data import DIGITS_PARQUET, HFImageDataModule, sources
 
-from .conftest import colour_of, id_of, png
-
-SMALL = dict(image_size=8, crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1), num_workers=0, batch_size=8)
-NO_AUG = dict(crop_scale=(1.0, 1.0), hflip=0.0, rand_augment_ops=0, color_jitter=0.0, random_erasing=0.0)
+from .conftest import PLAIN, colour_of, coloured, id_of, png
 
 
-def batches(loader):
-    return list(loader)
+def examples(loader) -> list[tuple[int, int]]:
+    """(id, label) of every real example a loader yields."""
+    return [
+        (id_of(p), int(label))
+        for b in loader
+        for p, label in zip(b["pixel_values"], b["labels"])
+        if label >= 0
+    ]
 
 
-def test_embedded_digits():
-    dm = HFImageDataModule(**SMALL)
-    assert dm.num_classes == 10 and dm.id2label[3] == "3"
+def on_rank(dm: HFImageDataModule, rank: int, world: int) -> HFImageDataModule:
+    dm.trainer = SimpleNamespace(
+        global_rank=rank, world_size=world, current_epoch=0
+    )  # what the loaders read
+    return dm
+
+
+def test_embedded_digits_are_read_like_any_parquet():
+    from sklearn.datasets import load_digits
+
+    dm = HFImageDataModule(**PLAIN)  # dataset=None: the embedded digits
+    assert DIGITS_PARQUET.endswith("digits.parquet")
+    assert dm.num_classes == 10 and dm.id2label == {i: str(i) for i in range(10)}
+    rows, digits = dm.all_splits["train"], load_digits()
+    assert rows.num_rows == 1797 and rows.features["label"] == ClassLabel(
+        names=[str(i) for i in range(10)]
+    )
+    assert rows["label"] == digits.target.tolist()
+    for i in (0, 1000, 1796):  # PNG pixels are the 0..16 values scaled to 0..255
+        np.testing.assert_array_equal(
+            np.asarray(rows[i]["image"]), np.rint(digits.images[i] * 255 / 16)
+        )
+    assert {role: split.size for role, split in dm.splits.items()} == {
+        "train": 1617,
+        "val": 180,
+    }  # 10 % held out
+
+
+def test_map_style_batches(coloured_dict):
+    dm = HFImageDataModule(coloured_dict, **PLAIN)
     dm.setup("fit")
-    assert len(dm._data["train"]) + len(dm._data["val"]) == 1797
     batch = next(iter(dm.train_dataloader()))
-    assert batch["pixel_values"].shape == (8, 3, 8, 8) and batch["pixel_values"].dtype == torch.float32
-    assert batch["labels"].dtype == torch.int64
+    assert (
+        batch["pixel_values"].shape == (8, 3, 8, 8) and batch["pixel_values"].dtype == torch.float32
+    )
+    assert batch["labels"].dtype == torch.int64 and batch["num_skipped"] == 0
+    train = examples(dm.train_dataloader())
+    assert sorted(train) == [
+        (i, i % 4) for i in range(37)
+    ]  # every example once, with its own label
+    assert sorted(examples(dm.val_dataloader())) == [(i, i % 4) for i in range(100, 111)]
 
 
-def test_columns_found_from_features_and_pixels_exact(coloured_dataset):
-    dm = HFImageDataModule(coloured_dataset, **SMALL, **NO_AUG)
-    assert dm.columns.image == "img" and dm.columns.label == "target"
-    assert dm.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}
+def test_streaming_batches_match_map_style(coloured_dict):
+    dm = HFImageDataModule(coloured_dict, streaming=True, **{**PLAIN, "num_workers": 2})
     dm.setup("fit")
-    for batch in batches(dm.val_dataloader()):
-        for pixels, label in zip(batch["pixel_values"], batch["labels"]):
-            i = id_of(pixels[:, 0, 0] * 255)
-            assert label == i % 4
-            torch.testing.assert_close(pixels[:, 4, 4] * 255, torch.tensor(colour_of(i), dtype=torch.float32),
-                                       atol=0.6, rtol=0)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert all(
+        b["pixel_values"].dtype == torch.float32 and b["pixel_values"].shape[1:] == (3, 8, 8)
+        for b in batches
+    )
+    assert sorted(examples(batches)) == [(i, i % 4) for i in range(37)]
+    assert sorted(examples(dm.val_dataloader())) == [(i, i % 4) for i in range(100, 111)]
+
+
+def test_label_names_survive_parquet_and_imagefolder(tmp_path, imagefolder):
+    coloured(range(12), num_classes=3).to_parquet(str(tmp_path / "data.parquet"))
+    assert HFImageDataModule(str(tmp_path / "data.parquet"), **PLAIN).id2label == {
+        0: "a",
+        1: "b",
+        2: "c",
+    }
+    dm = HFImageDataModule(str(imagefolder), **PLAIN)
+    assert dm.id2label == {0: "cat", 1: "dog"}
+    dm.setup("fit")
+    expected = [(i, 0) for i in range(7)] + [(50 + i, 1) for i in range(7)]
+    assert sorted(examples(dm.train_dataloader())) == expected
+    assert sorted(examples(dm.val_dataloader())) == [(200, 0), (201, 0), (250, 1), (251, 1)]
+
+
+def test_string_labels_become_sorted_ids():
+    kinds = ["zebra", "ant", "zebra", "bee", "ant", "bee", "ant", "bee"]
+    data = Dataset.from_dict(
+        {"image": [{"bytes": png(colour_of(i)), "path": None} for i in range(8)], "kind": kinds},
+        features=Features({"image": Image(), "kind": Value("string")}),
+    )
+    dm = HFImageDataModule(data, label_column="kind", val_split=None, **PLAIN)
+    assert dm.id2label == {0: "ant", 1: "bee", 2: "zebra"}
+    dm.setup("fit")
+    assert sorted(examples(dm.train_dataloader())) == [
+        (i, ["ant", "bee", "zebra"].index(k)) for i, k in enumerate(kinds)
+    ]
+    assert dm.val_dataloader() == []  # val_split=None: no validation
 
 
 def test_seeded_validation_split_is_deterministic_and_disjoint(coloured_dataset):
     def ids(seed):
-        dm = HFImageDataModule(coloured_dataset, seed=seed, val_fraction=0.25, **SMALL, **NO_AUG)
+        dm = HFImageDataModule(coloured_dataset, seed=seed, val_fraction=0.25, **PLAIN)
         dm.setup("fit")
-        return [sorted(id_of(p[:, 0, 0] * 255) for b in batches(loader) for p in b["pixel_values"])
-                for loader in (dm.train_dataloader(), dm.val_dataloader())]
+        return sorted(i for i, _ in examples(dm.train_dataloader())), sorted(
+            i for i, _ in examples(dm.val_dataloader())
+        )
 
     train, val = ids(1)
     assert len(val) == 10 and not set(train) & set(val) and sorted(train + val) == list(range(40))
-    assert ids(1) == [train, val] and ids(2)[1] != val
+    assert ids(1) == (train, val) and ids(2)[1] != val
 
 
-def test_imagefolder_and_parquet_sources(imagefolder, coloured_dataset, tmp_path):
-    dm = HFImageDataModule(str(imagefolder), **SMALL)
-    assert dm.id2label == {0: "cat", 1: "dog"}
-    coloured_dataset.to_parquet(str(tmp_path / "data.parquet"))
-    dm = HFImageDataModule(str(tmp_path / "data.parquet"), **SMALL)
-    assert dm.num_classes == 4
-    dm.setup("fit")
-    assert sum(len(b["labels"]) for b in batches(dm.train_dataloader())) == 36
+def test_columns_by_name():
+    data = coloured(range(6)).rename_columns({"img": "photo", "target": "fine"})
+    data = data.add_column("coarse", [0] * 6).cast_column("coarse", ClassLabel(names=["all"]))
+    dm = HFImageDataModule(data, image_column="photo", label_column="fine", val_split=None, **PLAIN)
+    assert dm.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}
+    assert sorted(examples(dm.train_dataloader())) == [(i, i % 4) for i in range(6)]
+    assert HFImageDataModule(data, **PLAIN).id2label == {
+        0: "a",
+        1: "b",
+        2: "c",
+        3: "d",
+    }  # the first ClassLabel
 
 
-def test_string_labels_get_sorted_names():
-    ds = Dataset.from_dict({"image": [{"bytes": png((9, 9, 9)), "path": None}] * 6,
-                            "kind": ["zebra", "ant", "zebra", "bee", "ant", "bee"]},
-                           features=Features({"image": Image(), "kind": Value("string")}))
-    dm = HFImageDataModule(ds, label_column="kind", **SMALL)
-    assert dm.id2label == {0: "ant", 1: "bee", 2: "zebra"}
-    dm.setup("fit")
-    labels = torch.cat([b["labels"] for b in batches(dm.train_dataloader()) + batches(dm.val_dataloader())])
-    assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
-
-
-def test_streaming_reads_every_example_once(coloured_dataset):
-    dm = HFImageDataModule(coloured_dataset, streaming=True, val_split="validation", **SMALL, **NO_AUG)
-    dm.setup("fit")
-    seen = []
-    for batch in batches(dm.train_dataloader()) + batches(dm.val_dataloader()):
-        seen += [id_of(p[:, 0, 0] * 255) for p, l in zip(batch["pixel_values"], batch["labels"]) if l != PAD_LABEL]
-    assert sorted(seen) == list(range(40))
-
-
-def test_streaming_shuffles_differently_per_epoch(coloured_dataset):
-    dm = HFImageDataModule(coloured_dataset, streaming=True, shuffle_buffer=16, **SMALL, **NO_AUG)
-    dm.setup("fit")
-    orders = []
-    for epoch in (0, 1):
-        dm.set_epoch(epoch)
-        orders.append([id_of(p[:, 0, 0] * 255) for b in batches(dm.train_dataloader()) for p in b["pixel_values"]])
-    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
-
-
-def test_corrupt_images_are_skipped_and_counted(coloured_dataset):
-    rows = coloured_dataset.to_dict()
-    for i in (3, 17, 18):
-        rows["img"][i] = {"bytes": b"\x89PNG garbage", "path": None}
-    broken = Dataset.from_dict(rows, features=coloured_dataset.features)
-    dm = HFImageDataModule(broken, val_fraction=0.5, **SMALL, **NO_AUG)
-    dm.setup("fit")
-    loaded = batches(dm.train_dataloader()) + batches(dm.val_dataloader())
-    assert sum(int(b["num_skipped"]) for b in loaded) == 3
-    assert sum(len(b["labels"]) for b in loaded) == 37
-
-
-def test_predict_on_a_folder(imagefolder):
-    dm = HFImageDataModule(str(imagefolder), predict_paths=str(imagefolder / "train" / "dog"), **SMALL)
+def test_predict_on_paths_and_on_a_split(imagefolder, coloured_dict):
+    dm = HFImageDataModule(
+        str(imagefolder), predict_paths=str(imagefolder / "train" / "dog"), **PLAIN
+    )
     dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
-    assert batch["pixel_values"].shape[0] == 6 and batch["ids"][0].endswith("dog/0.png")
+    assert batch["ids"] == [str(imagefolder / "train" / "dog" / f"{i}.png") for i in range(7)]
+    assert [id_of(p) for p in batch["pixel_values"]] == list(range(50, 57))
+    dm = HFImageDataModule(coloured_dict, predict_split="validation", **PLAIN)
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert [i for b in batches for i in b["ids"]] == list(range(11))  # row indices, in order
+    assert [id_of(p) for b in batches for p in b["pixel_values"]] == list(range(100, 111))
 
 
-def test_preprocessor_config_sets_normalisation(tmp_path):
-    (tmp_path / "preprocessor_config.json").write_text('{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "crop_pct": 0.9}')
+def test_preprocessor_config_sets_the_evaluation_transform(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+                "crop_pct": 0.9,
+                "size": {"height": 12},
+            }
+        )
+    )
     dm = HFImageDataModule(preprocessor_config=str(tmp_path))
-    assert dm.mean == (0.5, 0.5, 0.5) and dm.std == (0.25, 0.25, 0.25) and dm.crop_pct == 0.9
-    assert HFImageDataModule().mean == (0.485, 0.456, 0.406)
+    assert (dm.mean, dm.std, dm.crop_pct, dm.image_size) == ((0.5,) * 3, (0.25,) * 3, 0.9, 12)
+    assert dm.hparams.image_size == 12 and dm.hparams.mean == (0.5,) * 3  # what export writes
+    assert HFImageDataModule(preprocessor_config=str(tmp_path), mean=(0.1, 0.2, 0.3)).mean == (
+        0.1,
+        0.2,
+        0.3,
+    )
+    assert (
+        HFImageDataModule().mean == (0.485, 0.456, 0.406) and HFImageDataModule().image_size == 224
+    )
+    batch = next(
+        iter(HFImageDataModule(preprocessor_config=str(tmp_path), num_workers=0).val_dataloader())
+    )
+    assert batch["pixel_values"].shape[-2:] == (12, 12)
 
 
-def test_bad_inputs_name_the_column_or_split(coloured_dataset):
-    with pytest.raises(ValueError, match="no image column.*columns: \\['target'\\]"):
-        HFImageDataModule(coloured_dataset.remove_columns("img")).num_classes
+def test_in_memory_datasets_stay_out_of_the_hyperparameters(coloured_dataset):
+    assert HFImageDataModule(coloured_dataset).hparams.dataset.startswith("<in-memory Dataset")
+    assert (
+        HFImageDataModule().hparams.dataset is None
+        and HFImageDataModule("a/b").hparams.dataset == "a/b"
+    )
+
+
+def fake_hub(tmp_path, monkeypatch, sizes: dict[str, list[int]]):
+    """A Hub id whose splits stream from parquet files of uneven sizes; ids count up."""
+    streams, start = {}, 0
+    for split, file_sizes in sizes.items():
+        files = []
+        for k, n in enumerate(file_sizes):
+            files.append(str(tmp_path / f"{split}-{k}.parquet"))
+            coloured(range(start, start + n)).to_parquet(files[-1])
+            start += n
+        stream = load_dataset("parquet", data_files=files, split="train", streaming=True)
+        stream.info.splits = SplitDict(
+            {"train": SplitInfo(name="train", num_examples=sum(file_sizes))}
+        )  # Hub metadata
+        streams[split] = stream
+    monkeypatch.setattr(sources, "load_hub", lambda *args: IterableDatasetDict(streams))
+
+
+def test_hub_stream_across_ranks(tmp_path, monkeypatch):
+    fake_hub(tmp_path, monkeypatch, {"train": [9, 2, 14, 5], "validation": [4, 3]})
+    settings = {**PLAIN, "num_workers": 2, "batch_size": 3}
+    seen, lengths = {"train": [], "val": []}, {"train": set(), "val": set()}
+    for rank in range(2):
+        dm = on_rank(HFImageDataModule("someone/coloured", streaming=True, **settings), rank, 2)
+        assert dm.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}
+        for role, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader())):
+            batches = list(loader)
+            lengths[role].add(len(batches))
+            assert len(batches) == len(loader)
+            seen[role] += examples(batches)
+    assert len(lengths["train"]) == len(lengths["val"]) == 1  # ranks in step
+    assert sorted(seen["train"]) == [(i, i % 4) for i in range(30)]
+    assert sorted(seen["val"]) == [(i, i % 4) for i in range(30, 37)]
+
+
+def test_predicting_on_a_hub_stream_labels_rows_by_index(tmp_path, monkeypatch):
+    fake_hub(tmp_path, monkeypatch, {"train": [3], "validation": [4, 3]})  # validation ids 3..9
+    seen = {}
+    for rank in range(2):
+        dm = HFImageDataModule(
+            "someone/coloured", streaming=True, predict_split="validation", **PLAIN
+        )
+        for batch in on_rank(dm, rank, 2).predict_dataloader():
+            seen.update(zip(batch["ids"], (id_of(p) for p in batch["pixel_values"])))
+    assert seen == {row: 3 + row for row in range(7)}  # every row once, under its own index
+
+
+def test_no_validation_can_be_held_out_of_a_hub_stream(tmp_path, monkeypatch):
+    fake_hub(tmp_path, monkeypatch, {"train": [5]})
+    with pytest.raises(
+        ValueError,
+        match=r"'someone/coloured' is streamed and has no validation split.*val_split=None",
+    ):
+        HFImageDataModule("someone/coloured", streaming=True).setup("fit")
+    assert (
+        HFImageDataModule("someone/coloured", streaming=True, val_split=None).val_dataloader() == []
+    )
+
+
+def test_bad_inputs_name_the_dataset_the_column_or_split_and_the_options(
+    coloured_dict, coloured_dataset
+):
+    with pytest.raises(
+        ValueError, match=r"has no image column.*columns: \{'target': 'ClassLabel'\}"
+    ):
+        _ = HFImageDataModule(coloured_dataset.remove_columns("img")).num_classes
     floats = coloured_dataset.cast_column("target", Value("float32"))
-    with pytest.raises(ValueError, match="label_column='target'.*not categorical"):
-        HFImageDataModule(floats, label_column="target").num_classes
-    with pytest.raises(ValueError, match="train_split='training' does not exist.*available splits: \\['train'\\]"):
-        HFImageDataModule(coloured_dataset, train_split="training").num_classes
-    with pytest.raises(ValueError, match="is empty"):
-        HFImageDataModule(coloured_dataset.select([])).num_classes
-    with pytest.raises(ValueError, match="image_column='photo' is not in dataset"):
-        HFImageDataModule(coloured_dataset, image_column="photo").num_classes
-    with pytest.raises(ValueError, match="val_fraction"):
-        HFImageDataModule(val_fraction=1.5)
+    with pytest.raises(
+        ValueError,
+        match=r"label_column='target' of dataset <in-memory Dataset, 40 rows> is not "
+        r"categorical: it is Value\(float32\)",
+    ):
+        _ = HFImageDataModule(floats, label_column="target").num_classes
+    with pytest.raises(
+        ValueError,
+        match=r"train_split='training' does not exist in dataset <in-memory DatasetDict.*"
+        r"available splits: \['train', 'validation'\]",
+    ):
+        _ = HFImageDataModule(coloured_dict, train_split="training").num_classes
+    with pytest.raises(
+        ValueError,
+        match=r"test needs data: test_split=None; set test_split to one of the splits "
+        r"of dataset .*\['train', 'validation'\]",
+    ):
+        HFImageDataModule(coloured_dict).test_dataloader()
+    with pytest.raises(
+        ValueError, match=r"test_split='test' does not exist.*\['train', 'validation'\]"
+    ):
+        HFImageDataModule(coloured_dict, test_split="test").setup("test")
+    with pytest.raises(
+        ValueError,
+        match=r"predict needs data: predict_split=None; set predict_split or predict_paths",
+    ):
+        HFImageDataModule(coloured_dict).predict_dataloader()
+    with pytest.raises(
+        ValueError, match=r"train_split='train' of dataset <in-memory Dataset, 0 rows> is empty"
+    ):
+        HFImageDataModule(coloured_dataset.select([])).setup("fit")
+    with pytest.raises(ValueError, match=r"'/nowhere/x.parquet' matches no file or folder"):
+        _ = HFImageDataModule("/nowhere/x.parquet").num_classes
+    with pytest.raises(
+        ValueError, match=r"could not load dataset='someone/beans-nowhere'.*HF_HUB_OFFLINE=1"
+    ):
+        _ = HFImageDataModule("someone/beans-nowhere").num_classes
 
 
-def test_unreachable_hub_dataset_gives_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    with pytest.raises(ValueError, match="could not load dataset='someone/beans-nowhere'"):
-        HFImageDataModule("someone/beans-nowhere").num_classes
+@pytest.mark.parametrize(
+    "argument,message",
+    [
+        ({"val_fraction": 1.5}, r"val_fraction=1.5: expected in \(0, 1\)"),
+        ({"crop_pct": 0.0}, r"crop_pct=0.0: expected in \(0, 1\]"),
+        ({"crop_scale": (0.9, 0.1)}, r"crop_scale=\(0.9, 0.1\): expected \(low, high\)"),
+        ({"hflip": 2.0}, r"hflip=2.0: expected a probability"),
+        ({"rand_augment_magnitude": 11}, r"rand_augment_magnitude=11: expected in \[0, 10\]"),
+        ({"batch_size": 0}, r"batch_size=0: expected >= 1"),
+        ({"num_workers": -1}, r"num_workers=-1: expected >= 0 or None"),
+        (
+            {"predict_split": "train", "predict_paths": "x"},
+            r"predict_split='train' and predict_paths='x': expected at most one",
+        ),
+    ],
+)
+def test_arguments_out_of_range(argument, message):
+    with pytest.raises(ValueError, match=message):
+        HFImageDataModule(**argument)

@@ -1,59 +1,136 @@
-"""Every PIL mode becomes 8-bit RGB with the right pixel values."""
+"""Decoding: every PIL mode becomes 8-bit RGB with the expected pixel values; broken images are
+None, and the collate function drops and counts them."""
 
 import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from nat_lightning.data.images import decode
+from nat_lightning.data.columns import Columns
+from nat_lightning.data.images import Collate, ExampleDecoder, ImageExamples, decode_image, to_rgb
+from nat_lightning.data.transforms import eval_transform
 
 
-def encoded(image: Image.Image, fmt="PNG") -> dict:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return {"bytes": buf.getvalue(), "path": None}
+def stored(image: Image.Image, fmt: str = "PNG") -> dict:
+    """The image as a datasets Image(decode=False) value, checking the file reopens in its mode."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == image.mode
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def over_white(value: int, alpha: int) -> int:
+    """Alpha compositing over white, the oracle for transparent modes."""
+    return round(value * alpha / 255 + 255 * (1 - alpha / 255))
+
+
+def palette_image(transparent: bool) -> Image.Image:
+    image = Image.new("P", (4, 3), 0)
+    image.putpalette([200, 100, 50] + [0, 0, 0] * 255)
+    if transparent:
+        image.info["transparency"] = 0
+    return image
 
 
 @pytest.mark.parametrize(
-    "image,expected",
+    "mode,value,fmt,expected",
     [
-        (Image.new("L", (4, 3), 100), (100, 100, 100)),
-        (Image.new("LA", (4, 3), (100, 0)), (255, 255, 255)),  # fully transparent -> white background
-        (Image.new("LA", (4, 3), (100, 255)), (100, 100, 100)),
-        (Image.new("RGBA", (4, 3), (10, 20, 30, 255)), (10, 20, 30)),
-        (Image.new("RGBA", (4, 3), (0, 0, 0, 0)), (255, 255, 255)),
-        (Image.new("1", (4, 3), 1), (255, 255, 255)),
-        (Image.new("I;16", (4, 3), 65535), (255, 255, 255)),
-        (Image.new("I;16", (4, 3), 32896), (128, 128, 128)),  # scaled, not clipped to 255
-        (Image.new("I", (4, 3), 32896), (128, 128, 128)),
-        (Image.new("F", (4, 3), 0.5), (128, 128, 128)),
-        (Image.new("RGB", (4, 3), (1, 2, 3)), (1, 2, 3)),
+        ("RGB", (1, 2, 3), "PNG", (1, 2, 3)),
+        ("L", 100, "PNG", (100,) * 3),
+        ("LA", (100, 255), "PNG", (100,) * 3),
+        ("LA", (100, 0), "PNG", (255,) * 3),  # fully transparent: the white background
+        ("LA", (100, 128), "PNG", (over_white(100, 128),) * 3),
+        ("RGBA", (10, 20, 30, 255), "PNG", (10, 20, 30)),
+        ("RGBA", (10, 20, 30, 0), "PNG", (255, 255, 255)),
+        ("RGBA", (10, 20, 30, 64), "PNG", tuple(over_white(v, 64) for v in (10, 20, 30))),
+        ("1", 1, "PNG", (255,) * 3),
+        ("1", 0, "PNG", (0,) * 3),
+        ("CMYK", (0, 255, 255, 0), "TIFF", (255, 0, 0)),  # no cyan, full magenta and yellow: red
+        ("CMYK", (0, 0, 0, 0), "TIFF", (255,) * 3),  # no ink: white
+        ("CMYK", (0, 0, 0, 255), "TIFF", (0,) * 3),  # full black
+        ("I;16", 65535, "PNG", (255,) * 3),
+        ("I;16", 32896, "PNG", (128,) * 3),  # 32896 / 257 = 128: scaled...
+        ("I;16", 1000, "PNG", (4,) * 3),  # ...not clipped (PIL's convert("L") would give 255)
+        ("I;16B", 2570, "TIFF", (10,) * 3),
+        ("I", 514, "TIFF", (2,) * 3),  # 32-bit integers are read as 16-bit data
+        ("I", 70000, "TIFF", (255,) * 3),  # beyond 16 bits saturates
+        ("F", 127.6, "TIFF", (128,) * 3),  # floats are on PIL's 0..255 scale
+        ("F", 300.0, "TIFF", (255,) * 3),
+        ("F", -5.0, "TIFF", (0,) * 3),
     ],
-    ids=lambda v: getattr(v, "mode", ""),
 )
-def test_modes_convert_to_rgb(image, expected):
-    fmt = "TIFF" if image.mode in ("I", "F") else "PNG"
-    array = decode(encoded(image, fmt))
-    assert array.shape == (3, 4, 3) and array.dtype == np.uint8
-    assert tuple(array[0, 0]) == expected
+def test_every_mode_becomes_rgb(mode, value, fmt, expected):
+    pixels = decode_image(stored(Image.new(mode, (4, 3), value), fmt))
+    assert pixels.shape == (3, 4, 3) and pixels.dtype == np.uint8
+    assert np.all(pixels == np.array(expected, dtype=np.uint8))
 
 
-def test_palette_with_transparency_and_cmyk():
-    p = Image.new("P", (4, 3), 0)
-    p.putpalette([200, 100, 50] + [0] * 765)
-    assert tuple(decode(encoded(p))[0, 0]) == (200, 100, 50)
-    p.info["transparency"] = 0
-    assert tuple(decode(encoded(p))[0, 0]) == (255, 255, 255)
-    cmyk = Image.new("CMYK", (4, 3), (0, 0, 0, 0))  # no ink: white
-    assert tuple(decode(encoded(cmyk, "JPEG"))[0, 0]) == (255, 255, 255)
+def test_palette_modes():
+    assert tuple(decode_image(stored(palette_image(False)))[0, 0]) == (200, 100, 50)
+    assert tuple(decode_image(stored(palette_image(True)))[0, 0]) == (
+        255,
+        255,
+        255,
+    )  # transparent index
+    pa = palette_image(False).convert("PA")  # PIL cannot write PA: convert it in memory
+    pa.putalpha(0)
+    assert tuple(to_rgb(pa)[0, 0]) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("value", [{"bytes": b"not an image", "path": None}, {"bytes": None, "path": "/nope.png"}, None])
-def test_broken_images_decode_to_none(value):
-    assert decode(value) is None
+def test_file_paths_decode_like_bytes(tmp_path):
+    Image.new("L", (5, 5), 77).save(tmp_path / "a.png")
+    assert np.all(decode_image({"bytes": None, "path": str(tmp_path / "a.png")}) == 77)
+    assert np.all(decode_image(str(tmp_path / "a.png")) == 77)
 
 
-def test_truncated_png_is_broken():
-    data = encoded(Image.new("RGB", (64, 64), (1, 2, 3)))["bytes"]
-    assert decode({"bytes": data[: len(data) // 2], "path": None}) is None
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"bytes": b"\x89PNG\r\n\x1a\n but no image", "path": None},
+        {"bytes": b"", "path": None},
+        {"bytes": None, "path": "/no/such/file.png"},
+        {"bytes": None, "path": None},
+        None,
+    ],
+)
+def test_broken_values_decode_to_none(value):
+    assert decode_image(value) is None
+
+
+def test_a_truncated_image_is_broken():
+    data = stored(Image.effect_noise((64, 64), 50).convert("RGB"))["bytes"]
+    assert decode_image({"bytes": data[: len(data) // 2], "path": None}) is None
+
+
+def test_decoder_labels_and_collate_counts_the_broken():
+    columns = Columns("image", "label", ("x", "y"), None)
+    decoder = ExampleDecoder(columns, eval_transform(4, (0, 0, 0), (1, 1, 1), 1.0), random=False)
+    good = stored(Image.new("RGB", (6, 6), (51, 102, 153)))
+    rows = [
+        {"image": good, "label": 1},
+        {"image": {"bytes": b"junk", "path": None}, "label": 0},
+        {"image": good, "label": -1},
+    ]  # -1: a ClassLabel's "no label"
+    examples = ImageExamples(rows, decoder, ids=True)
+    batch = Collate(4)([examples[i] for i in range(3)])
+    assert batch["num_skipped"] == 1 and batch["ids"] == [0, 2]
+    assert batch["labels"].tolist() == [1, -100] and batch["labels"].dtype == torch.int64
+    assert (
+        batch["pixel_values"].shape == (2, 3, 4, 4) and batch["pixel_values"].dtype == torch.float32
+    )
+    torch.testing.assert_close(batch["pixel_values"][0, :, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
+
+    strings = ExampleDecoder(
+        Columns("image", "kind", ("ant", "bee"), {"ant": 0, "bee": 1}), decoder.transform, False
+    )
+    assert strings({"image": good, "kind": "bee"})["labels"] == 1
+    assert strings({"image": good})["labels"] == -100  # a split without the label column
+
+    empty = Collate(4)([None, None])
+    assert (
+        empty["num_skipped"] == 2
+        and empty["pixel_values"].shape == (0, 3, 4, 4)
+        and len(empty["labels"]) == 0
+    )

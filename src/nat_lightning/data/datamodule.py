@@ -1,34 +1,69 @@
-"""HFImageDataModule: image classification data from any Hugging Face dataset source."""
+"""HFImageDataModule: image classification data from any Hugging Face ``datasets`` source.
+
+Batches are ``{"pixel_values": (B, 3, H, W) float32, "labels": (B,) int64}``; predict batches add
+``"ids"`` (file paths, or row indices of the split). Undecodable images are dropped and counted
+(``skipped``, reported by nat_lightning.callbacks.skipped_images.SkippedImagesReport).
+"""
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 from functools import cached_property
-from pathlib import Path
 
-import datasets
 import lightning as L
 import torch
-from datasets import Image
+from datasets import Dataset, DatasetDict, Image
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
+from .columns import Columns, resolve_columns
 from .digits import DIGITS_PARQUET
-from .examples import ImageExamples, StreamingExamples, collate
-from .sources import Columns, describe, find_columns, load_source, pick_split
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, read_preprocessor_config, train_transform
+from .images import Collate, ExampleDecoder, ImageExamples
+from .sources import (
+    Split,
+    Splits,
+    carve_validation,
+    describe,
+    hub_features,
+    image_files,
+    is_hub_id,
+    load_splits,
+    pick_split,
+)
+from .streaming import EvenLoader, StreamingExamples, rank_stream
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    read_preprocessor_config,
+    train_transform,
+)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+log = logging.getLogger(__name__)
 
 
 class HFImageDataModule(L.LightningDataModule):
+    """Images and class labels from a Hub id, a local folder, parquet/arrow files or an in-memory
+    ``datasets.Dataset``; map-style by default, streamed with ``streaming=True``.
+
+    ``num_classes`` and ``id2label`` are known right after ``__init__`` (read from the features
+    metadata on first access; no image is decoded), so LightningCLI can link them into the model.
+
+    Streaming (see nat_lightning.data.streaming): local and in-memory data are cut into equal
+    shards with ``Dataset.to_iterable_dataset``, Hub ids with ``load_dataset(streaming=True)``;
+    training shuffles with a seeded buffer and a new epoch each pass; under DDP
+    ``split_dataset_by_node`` divides the ranks, each example is read once per epoch, and every
+    rank yields the same number of batches, short ranks padding with ``labels = -100``.
+    Map-style data gets Lightning's DistributedSampler instead.
+    """
+
     def __init__(
         self,
-        dataset: str | datasets.Dataset | datasets.DatasetDict | None = None,
+        dataset: str | list[str] | Dataset | DatasetDict | None = None,
         config_name: str | None = None,
         train_split: str = "train",
-        val_split: str = "validation",
+        val_split: str | None = "validation",
         test_split: str | None = None,
         val_fraction: float = 0.1,
         image_column: str | None = None,
@@ -53,92 +88,74 @@ class HFImageDataModule(L.LightningDataModule):
         seed: int = 0,
         predict_split: str | None = None,
         predict_paths: str | list[str] | None = None,
+        cache_dir: str | None = None,
     ):
         """Args:
-        dataset: a Hub id, a local folder (imagefolder or saved dataset), parquet/arrow file(s) or
-            a glob, or a datasets.Dataset/DatasetDict. None: the embedded digits (DIGITS_PARQUET).
-        config_name: the Hub dataset's configuration.
+        dataset: a Hub id, a local folder (imagefolder layout, or parquet/arrow files named by
+            split),
+            parquet/arrow file(s) as a path, glob or list, or a datasets.Dataset/DatasetDict.
+            None: the embedded 8x8 digits (DIGITS_PARQUET).
+        config_name: the Hub dataset's configuration (subset).
         train_split: split to train on.
-        val_split: split to validate on; carved from train (``val_fraction``, seeded) if missing.
-        test_split: split for ``test``; None disables it.
-        val_fraction: share of train held out when there is no ``val_split``.
-        image_column: image column; found from the features (datasets.Image) when None.
-        label_column: label column; found from the features (ClassLabel) when None.
-        streaming: stream (IterableDataset, shuffle buffer, DDP/worker sharding) instead of map-style.
+        val_split: split to validate on; if the dataset has none, ``val_fraction`` of train is held
+            out (seeded, stratified by class; not possible for Hub streams). None: no validation.
+        test_split: split for ``test``; None: none.
+        val_fraction: share of train held out when ``val_split`` does not exist.
+        image_column: image column; the datasets.Image column when None.
+        label_column: label column; the ClassLabel column (else one named label/labels) when None.
+        streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of map-style.
         shuffle_buffer: examples in the streaming shuffle buffer.
-        image_size: training and evaluation resolution.
-        crop_pct: evaluation resizes the short side to image_size / crop_pct, then centre-crops.
-        crop_scale: RandomResizedCrop area range.
-        hflip: horizontal flip probability.
-        rand_augment_ops: RandAugment operations per image; 0 disables it.
+        image_size: side of the square training and evaluation crops.
+        crop_pct: evaluation resizes the shorter side to ``int(image_size / crop_pct)``, then
+            centre-crops.
+        crop_scale: area range of the training RandomResizedCrop.
+        hflip: probability of a horizontal flip.
+        rand_augment_ops: RandAugment ops applied per image; 0 disables RandAugment.
         rand_augment_magnitude: RandAugment magnitude on 0..10.
-        color_jitter: brightness/contrast/saturation jitter; 0 disables it.
-        random_erasing: random erasing probability.
-        mean: normalisation mean; ImageNet's, or the preprocessor config's, when None.
-        std: normalisation std; ImageNet's, or the preprocessor config's, when None.
-        preprocessor_config: a checkpoint's preprocessor_config.json (or its folder) for mean/std/crop_pct.
+        color_jitter: brightness, contrast and saturation jitter; 0 disables it.
+        random_erasing: probability of erasing a random box.
+        mean: normalisation mean (RGB, 0..1 scale); the preprocessor config's or ImageNet's when
+            None.
+        std: normalisation std; the preprocessor config's or ImageNet's when None.
+        preprocessor_config: a transformers preprocessor_config.json (or its folder); its
+            image_mean/image_std (unless mean/std are given), crop_pct and size replace the
+            arguments.
         batch_size: examples per batch and process.
-        num_workers: DataLoader workers; min(4, CPUs) when None.
-        pin_memory: pin host memory; True when CUDA is available and None is given.
-        persistent_workers: keep workers between epochs; True when there are workers and None is given.
-        seed: seed of the validation carve-out and the streaming shuffle.
-        predict_split: split to run ``predict`` on.
-        predict_paths: a folder of images, or a list of image files, to run ``predict`` on.
+        num_workers: DataLoader worker processes; min(4, CPU count) when None.
+        pin_memory: pin batches in page-locked memory; None: True when CUDA is available.
+        persistent_workers: keep workers alive between epochs; None: True when there are workers.
+        seed: seed of the held-out validation split and of the streaming shuffle.
+        predict_split: split to run ``predict`` on; ids are its row indices.
+        predict_paths: a folder of images or a list of image files to run ``predict`` on; ids
+            are the paths.
+        cache_dir: where ``datasets`` caches downloads and Arrow files; its default cache when None.
         """
         super().__init__()
-        self.save_hyperparameters(ignore=[] if dataset is None or isinstance(dataset, str) else ["dataset"])
+        # an in-memory dataset has no place in a checkpoint: it is recorded by its description
+        self.save_hyperparameters(ignore=["dataset"])
+        check_arguments(self.hparams)
+        in_memory = not (dataset is None or isinstance(dataset, (str, list)))
+        self.hparams["dataset"] = describe(dataset) if in_memory else dataset
         self.dataset = DIGITS_PARQUET if dataset is None else dataset
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction=}")
-        if preprocessor_config is not None:
-            pre = read_preprocessor_config(preprocessor_config)
-            mean, std = mean or pre.get("image_mean"), std or pre.get("image_std")
-            crop_pct = pre.get("crop_pct", crop_pct) or crop_pct
-        self.mean, self.std, self.crop_pct = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), crop_pct
-        self.hparams.update(mean=self.mean, std=self.std, crop_pct=crop_pct)
+        pre = (
+            read_preprocessor_config(preprocessor_config) if preprocessor_config is not None else {}
+        )
+        self.image_size = pre.get("image_size", image_size)
+        self.crop_pct = pre.get("crop_pct", crop_pct)
+        self.mean = tuple(mean or pre.get("image_mean") or IMAGENET_MEAN)
+        self.std = tuple(std or pre.get("image_std") or IMAGENET_STD)
+        self.hparams.update(
+            image_size=self.image_size, crop_pct=self.crop_pct, mean=self.mean, std=self.std
+        )
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = self.num_workers > 0 if persistent_workers is None else persistent_workers
-        self.skipped: dict[str, int] = {}
-        self._data: dict[str, torch.utils.data.Dataset] = {}
+        self.persistent_workers = (
+            self.num_workers > 0 if persistent_workers is None else persistent_workers
+        )
+        self.skipped: dict[str, int] = {}  # undecodable images per trainer stage, until reported
+        self._epoch = 0  # used when no trainer is attached (set_epoch)
 
-    # -- what the data is: loaded lazily, without decoding images ------------------------------
-
-    @cached_property
-    def _source(self):
-        return load_source(self.dataset, self.hparams.config_name, self.hparams.streaming)
-
-    @cached_property
-    def splits(self) -> dict:
-        """train/val(/test) HF splits, images left undecoded; val carved from train if missing."""
-        hp, source = self.hparams, self._source
-        train = pick_split(source, hp.train_split, self.dataset, "train_split")
-        out = {"train": train}
-        if hp.val_split in source:
-            out["val"] = source[hp.val_split]
-        elif hp.streaming:
-            n_val = math.ceil(hp.val_fraction * _num_examples(train, self.dataset, hp.train_split))
-            out["train"], out["val"] = train.skip(n_val), train.take(n_val)
-        else:
-            stratify = self.columns.label if isinstance(train.features[self.columns.label], datasets.ClassLabel) else None
-            parts = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed, stratify_by_column=stratify)
-            out["train"], out["val"] = parts["train"], parts["test"]
-        if hp.test_split is not None:
-            out["test"] = pick_split(source, hp.test_split, self.dataset, "test_split")
-        for name, split in out.items():
-            if not hp.streaming and len(split) == 0:
-                raise ValueError(f"the {name} split of dataset {describe(self.dataset)} is empty")
-            out[name] = split.cast_column(self.columns.image, Image(decode=False))
-        return out
-
-    @cached_property
-    def columns(self) -> Columns:
-        train = pick_split(self._source, self.hparams.train_split, self.dataset, "train_split")
-        values = None if self.hparams.streaming else (lambda: train[self.hparams.label_column or "label"])
-        if not self.hparams.streaming and len(train) == 0:
-            raise ValueError(f"the train split {self.hparams.train_split!r} of dataset {describe(self.dataset)} is empty")
-        return find_columns(train.features, self.dataset, self.hparams.image_column, self.hparams.label_column,
-                            values if self.hparams.label_column or "label" in train.features else None)
+    # -- what the data is: resolved lazily, without decoding images ----------------------------
 
     @property
     def num_classes(self) -> int:
@@ -148,118 +165,242 @@ class HFImageDataModule(L.LightningDataModule):
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.columns.names))
 
-    # -- Lightning hooks -----------------------------------------------------------------------
-
-    def setup(self, stage: str | None = None) -> None:
+    @cached_property
+    def all_splits(self) -> Splits:
+        """Every split of the dataset, as ``datasets`` loads it (streamed only for Hub ids)."""
         hp = self.hparams
-        train_tf = train_transform(hp.image_size, self.mean, self.std, hp.crop_scale, hp.hflip, hp.rand_augment_ops,
-                                   hp.rand_augment_magnitude, hp.color_jitter, hp.random_erasing)
-        eval_tf = eval_transform(hp.image_size, self.mean, self.std, self.crop_pct)
-        if stage in (None, "fit", "validate", "test"):
-            for name in ("train", "val", "test"):
-                if name in self.splits:
-                    tf, random = (train_tf, True) if name == "train" else (eval_tf, False)
-                    self._data[name] = self._examples(self.splits[name], tf, random, shuffle=name == "train")
-        if stage in (None, "predict"):
-            self._data["predict"] = self._predict_examples(eval_tf)
+        return load_splits(self.dataset, hp.config_name, hp.streaming, hp.cache_dir)
 
-    def _examples(self, split, transform, random: bool, shuffle: bool):
-        if not self.hparams.streaming:
-            return ImageExamples(split, self.columns, transform, random)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        workers = max(1, self.num_workers)
-        n = _num_examples(split, self.dataset, "split")
-        if isinstance(split, datasets.Dataset):  # local data: one shard per rank and worker
-            split = split.to_iterable_dataset(num_shards=min(n, world * workers))
-        if shuffle:
-            split = split.shuffle(seed=self.hparams.seed, buffer_size=self.hparams.shuffle_buffer)
-        split = split_dataset_by_node(split, rank=rank, world_size=world)
-        quota = math.ceil(n / (world * workers))
-        return StreamingExamples(split, self.columns, transform, random, quota, self.num_workers,
-                                 self.hparams.batch_size, self.hparams.image_size)
-
-    def _predict_examples(self, transform):
+    @cached_property
+    def columns(self) -> Columns:
+        """Image and label columns and the class names."""
         hp = self.hparams
-        if hp.predict_paths is not None:
-            files = _image_files(hp.predict_paths)
-            split = datasets.Dataset.from_dict({"image": files}).cast_column("image", Image(decode=False))
-            columns = Columns("image", "label", self.columns.names if self._has_source() else [], False)
-            return ImageExamples(split, columns, transform, random=False, ids=files)
-        if hp.predict_split is not None:
-            split = pick_split(self._source, hp.predict_split, self.dataset, "predict_split")
-            return ImageExamples(split.cast_column(self.columns.image, Image(decode=False)), self.columns, transform,
-                                 random=False)
-        raise ValueError("predict needs data: set data.predict_paths (a folder or list of images) "
-                         "or data.predict_split (a split name)")
-
-    def _has_source(self) -> bool:
-        try:
-            return bool(self.columns)
-        except (ValueError, FileNotFoundError):
-            return False
-
-    def set_epoch(self, epoch: int) -> None:
-        """Re-shuffle streaming data for ``epoch`` (called by nat_lightning's DataEpochs callback)."""
-        data = self._data.get("train")
-        if isinstance(data, StreamingExamples):
-            data.set_epoch(epoch)
-
-    def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
-        if name not in self._data:
-            self.setup("predict" if name == "predict" else "fit")
-        data = self._data[name]
-        return DataLoader(
-            data,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not isinstance(data, StreamingExamples),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=collate,
+        features = None
+        if is_hub_id(self.dataset) and not hp.streaming:
+            # the Hub's metadata: no download when LightningCLI reads num_classes at instantiation
+            features = hub_features(self.dataset, hp.config_name, hp.cache_dir)
+        if features is None:
+            features = pick_split(
+                self.all_splits, hp.train_split, self.dataset, "train_split"
+            ).data.features
+        if features is None:
+            raise ValueError(
+                f"dataset {describe(self.dataset)} does not declare its features (column types); "
+                "expected a dataset with an Image column and a ClassLabel, string or integer label"
+            )
+        return resolve_columns(
+            features, self.dataset, hp.image_column, hp.label_column, self._label_values
         )
 
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+    def _label_values(self, column: str):
+        """Every raw value of a string/integer label column, over all splits."""
+        for split in self.all_splits.values():
+            if isinstance(split, Dataset):
+                yield from split.unique(column)
+            else:
+                yield from (row[column] for row in split.select_columns([column]))
 
-    def val_dataloader(self):
-        return self._loader("val")
+    @cached_property
+    def splits(self) -> dict[str, Split]:
+        """The splits by role (train, val, test, predict), images left undecoded."""
+        hp, available = self.hparams, self.all_splits
+        train = pick_split(available, hp.train_split, self.dataset, "train_split")
+        roles = {"train": train}
+        if hp.val_split is not None and hp.val_split in available:
+            roles["val"] = pick_split(available, hp.val_split, self.dataset, "val_split")
+        elif hp.val_split is not None:
+            log.info(
+                "dataset %s has no split %r (splits: %s): holding out val_fraction=%s of %r",
+                describe(self.dataset),
+                hp.val_split,
+                sorted(available),
+                hp.val_fraction,
+                hp.train_split,
+            )
+            roles["train"], roles["val"] = carve_validation(
+                train, hp.val_fraction, hp.seed, self.columns.label, self.dataset
+            )
+        if hp.test_split is not None:
+            roles["test"] = pick_split(available, hp.test_split, self.dataset, "test_split")
+        if hp.predict_split is not None:
+            roles["predict"] = pick_split(
+                available, hp.predict_split, self.dataset, "predict_split"
+            )
+        return {role: self._undecoded(split) for role, split in roles.items()}
 
-    def test_dataloader(self):
-        if self.hparams.test_split is None:
-            raise ValueError("test needs data.test_split; available splits: " + str(sorted(self._source)))
+    def _undecoded(self, split: Split) -> Split:
+        """Only the image and label columns, the image as stored bytes/paths (decoded by us)."""
+        names = split.data.column_names
+        keep = [
+            c
+            for c in (self.columns.image, self.columns.label)
+            if c and (names is None or c in names)
+        ]
+        data = split.data.select_columns(keep).cast_column(self.columns.image, Image(decode=False))
+        return Split(split.name, data, split.size)
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Download (Hub) or convert to Arrow (local files) once per node, before ``setup``."""
+        if not (self.hparams.streaming and is_hub_id(self.dataset)):
+            _ = self.all_splits  # loads (and caches) every split
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve the splits the stage needs, so that a wrong name fails here and not mid-run."""
+        if stage == "predict" and self.hparams.predict_paths is not None:
+            image_files(self.hparams.predict_paths)
+            return
+        role = {"validate": "val", "test": "test", "predict": "predict"}.get(stage)
+        if role is not None:
+            self._split(role)
+        else:
+            _ = self.splits  # resolves train and val
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch streaming shuffles for without a trainer (with one, the trainer's)."""
+        self._epoch = epoch
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val") if "val" in self.splits else []
+
+    def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
-    def predict_dataloader(self):
+    def predict_dataloader(self) -> DataLoader:
+        if self.hparams.predict_paths is not None:
+            files = image_files(self.hparams.predict_paths)
+            rows = Dataset.from_dict({"image": files}).cast_column("image", Image(decode=False))
+            decoder = ExampleDecoder(
+                Columns("image", None, self.columns.names, None), self._eval_transform(), False
+            )
+            return self._map_loader(ImageExamples(rows, decoder, ids=files), shuffle=False)
         return self._loader("predict")
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         skipped = int(batch.pop("num_skipped", 0))
-        if skipped:
-            stage = self.trainer.state.stage.value if self.trainer and self.trainer.state.stage else "unknown"
+        if skipped and self.trainer is not None and self.trainer.state.stage is not None:
+            stage = self.trainer.state.stage.value
             self.skipped[stage] = self.skipped.get(stage, 0) + skipped
         return batch
 
+    # -- loaders -------------------------------------------------------------------------------
 
-def _num_examples(split, dataset, name: str) -> int:
-    if isinstance(split, datasets.Dataset):
-        return len(split)
-    info = split.info.splits and split.info.splits.get(split.split if split.split else "train")
-    if not info or not info.num_examples:
-        raise ValueError(f"streaming dataset {describe(dataset)} does not declare how many examples its {name} "
-                         "has; it is needed to balance DDP ranks (use streaming=False)")
-    return info.num_examples
+    def _split(self, role: str) -> Split:
+        if role not in self.splits:
+            field = {"val": "val_split", "test": "test_split", "predict": "predict_split"}[role]
+            extra = " or predict_paths" if role == "predict" else ""
+            raise ValueError(
+                f"{role} needs data: {field}=None; set {field}{extra} to one of the splits of "
+                f"dataset {describe(self.dataset)}: {sorted(self.all_splits)}"
+            )
+        return self.splits[role]
+
+    def _train_transform(self):
+        hp = self.hparams
+        return train_transform(
+            self.image_size,
+            self.mean,
+            self.std,
+            crop_scale=hp.crop_scale,
+            hflip=hp.hflip,
+            rand_augment_ops=hp.rand_augment_ops,
+            rand_augment_magnitude=hp.rand_augment_magnitude,
+            color_jitter=hp.color_jitter,
+            random_erasing=hp.random_erasing,
+        )
+
+    def _eval_transform(self):
+        return eval_transform(self.image_size, self.mean, self.std, self.crop_pct)
+
+    def _loader(self, role: str) -> DataLoader:
+        split, train = self._split(role), role == "train"
+        transform = self._train_transform() if train else self._eval_transform()
+        decoder = ExampleDecoder(self.columns, transform, random=train)
+        if role == "predict":
+            if isinstance(split.data, Dataset):
+                return self._map_loader(ImageExamples(split.data, decoder, ids=True), shuffle=False)
+            return self._predict_stream(split, decoder)
+        if not self.hparams.streaming:
+            return self._map_loader(ImageExamples(split.data, decoder), shuffle=train)
+        hp = self.hparams
+        rank, world = self._rank_and_world()
+        stream, num_batches = rank_stream(
+            split,
+            shuffle=train,
+            seed=hp.seed,
+            shuffle_buffer=hp.shuffle_buffer,
+            rank=rank,
+            world_size=world,
+            workers=self.num_workers,
+            batch_size=hp.batch_size,
+        )
+        examples = StreamingExamples(stream, decoder)
+        collate = Collate(self.image_size)
+        return EvenLoader(
+            examples, num_batches, self._current_epoch, collate, **self._loader_args()
+        )
+
+    def _predict_stream(self, split: Split, decoder: ExampleDecoder) -> DataLoader:
+        """A Hub stream read by one process per rank, taking every world-th row: row k of rank r
+        is row r + k * world of the split, its id."""
+        rank, world = self._rank_and_world()
+        stream = split.data
+        if world > 1:
+            stream = split_dataset_by_node(stream, rank, world, strategy="examples")
+        examples = StreamingExamples(stream, decoder, ids=(rank, world))
+        collate = Collate(self.image_size)
+        return DataLoader(examples, batch_size=self.hparams.batch_size, collate_fn=collate)
+
+    def _map_loader(self, examples: ImageExamples, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            examples, shuffle=shuffle, collate_fn=Collate(self.image_size), **self._loader_args()
+        )
+
+    def _loader_args(self) -> dict:
+        return {
+            "batch_size": self.hparams.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+        }
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else self._epoch
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
 
-def _image_files(paths) -> list[str]:
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(str(p))
-        else:
-            raise FileNotFoundError(f"predict_paths entry {str(p)!r} does not exist")
-    if not files:
-        raise ValueError(f"predict_paths={paths} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+RANGES = {  # argument -> (is it valid, what is expected)
+    "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
+    "image_size": (lambda v: v >= 1, ">= 1"),
+    "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "crop_scale": (
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+        "(low, high), 0 < low <= high <= 1",
+    ),
+    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "rand_augment_ops": (lambda v: v >= 0, ">= 0"),
+    "rand_augment_magnitude": (lambda v: 0 <= v <= 10, "in [0, 10]"),
+    "color_jitter": (lambda v: v >= 0, ">= 0"),
+    "random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "num_workers": (lambda v: v is None or v >= 0, ">= 0 or None"),
+}
+
+
+def check_arguments(hp) -> None:
+    """A ValueError for an argument out of range, naming it, its value and what is expected."""
+    for name, (valid, expected) in RANGES.items():
+        if not valid(hp[name]):
+            raise ValueError(f"{name}={hp[name]!r}: expected {expected}")
+    if hp.predict_split is not None and hp.predict_paths is not None:
+        raise ValueError(
+            f"predict_split={hp.predict_split!r} and predict_paths={hp.predict_paths!r}: "
+            "expected at most one of them"
+        )

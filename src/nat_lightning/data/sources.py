@@ -1,106 +1,214 @@
-"""Where the images come from: Hub ids, local folders and files, in-memory datasets; their
-splits, their image and label columns, their label names. Errors name the options that exist.
+"""Where the images come from: Hub ids, local folders and files, in-memory datasets; their splits.
+
+Every source goes through ``datasets``: a local folder through ``load_dataset(folder)`` (imagefolder
+layout, or parquet/arrow files named by split), files through the ``parquet``/``arrow`` builders,
+a Hub id through ``load_dataset(id)``. Errors name the dataset and the options that exist.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict, Image, IterableDatasetDict, Value
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
-_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+Source = str | list[str] | Dataset | DatasetDict
+Splits = DatasetDict | IterableDatasetDict
 
 
-def describe(dataset) -> str:
-    return dataset if isinstance(dataset, str) else f"<in-memory {type(dataset).__name__}>"
+def describe(dataset: Source) -> str:
+    """How error messages name a dataset."""
+    if isinstance(dataset, (str, list)):
+        return repr(dataset)
+    if isinstance(dataset, Dataset):
+        return f"<in-memory Dataset, {len(dataset)} rows>"
+    return f"<in-memory {type(dataset).__name__}, splits {sorted(dataset)}>"
 
 
-def load_source(dataset, config_name: str | None = None, streaming: bool = False):
-    """A DatasetDict (or IterableDatasetDict for Hub streaming) for any supported ``dataset``."""
+def is_hub_id(dataset: Source) -> bool:
+    """A string that names no local file, folder or glob: a Hugging Face Hub dataset id."""
+    if not isinstance(dataset, str):
+        return False
+    path = Path(dataset).expanduser()
+    looks_local = (
+        dataset.startswith((".", "/", "~"))
+        or path.suffix in FILE_BUILDERS
+        or glob.has_magic(dataset)
+    )
+    return not path.exists() and not looks_local
+
+
+def load_splits(
+    dataset: Source,
+    config_name: str | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> Splits:
+    """All splits of ``dataset``. Only Hub ids stream (an IterableDatasetDict); local and in-memory
+    data are memory-mapped Arrow, which the streaming DataModule turns into shards itself."""
     if isinstance(dataset, Dataset):
         return DatasetDict({"train": dataset})
-    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+    if isinstance(dataset, DatasetDict):
         return dataset
-    if not isinstance(dataset, str):
-        raise ValueError(f"dataset must be a Hub id, a path or a datasets.Dataset, got {type(dataset).__name__}")
-    path = Path(dataset).expanduser()
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-    if path.is_dir():
-        return datasets.load_dataset(str(path), config_name)
-    files = sorted(glob.glob(str(path))) if any(c in dataset for c in "*?[") else [str(path)] if path.is_file() else []
-    if files:
-        builder = _FILE_BUILDERS.get(Path(files[0]).suffix)
-        if builder is None:
-            raise ValueError(f"dataset={dataset!r}: unsupported file type; expected one of {sorted(_FILE_BUILDERS)}")
-        return datasets.load_dataset(builder, data_files={"train": files})
-    if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-        raise FileNotFoundError(f"dataset={dataset!r} does not exist")
-    try:
-        return datasets.load_dataset(dataset, config_name, streaming=streaming)
-    except Exception as err:  # offline, unknown id, gated, missing config
+    if is_hub_id(dataset):
+        return load_hub(dataset, config_name, streaming, cache_dir)
+    files = local_files(dataset)
+    if len(files) == 1 and Path(files[0]).is_dir():
+        folder = files[0]
+        if (Path(folder) / "dataset_dict.json").exists() or (Path(folder) / "state.json").exists():
+            loaded = datasets.load_from_disk(folder)  # written by save_to_disk
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        return datasets.load_dataset(folder, config_name, cache_dir=cache_dir)
+    suffixes = sorted({Path(f).suffix for f in files})
+    if len(suffixes) != 1 or suffixes[0] not in FILE_BUILDERS:
         raise ValueError(
-            f"could not load dataset={dataset!r} (config_name={config_name!r}) from the Hugging Face Hub: {err}. "
-            "Check the id and config, your network and login; with HF_HUB_OFFLINE=1 only cached datasets load."
-        ) from err
+            f"dataset={dataset!r} holds files with suffixes {suffixes}; expected one folder, "
+            f"or files that all end in one of {sorted(FILE_BUILDERS)}"
+        )
+    return datasets.load_dataset(
+        FILE_BUILDERS[suffixes[0]], data_files={"train": files}, cache_dir=cache_dir
+    )
 
 
-def pick_split(splits, name: str, dataset, field: str):
+def local_files(dataset: str | list[str]) -> list[str]:
+    """The files (or the one folder) that a path, a glob or a list of them names."""
+    entries = [dataset] if isinstance(dataset, str) else list(dataset)
+    files = []
+    for entry in entries:
+        expanded = str(Path(entry).expanduser())
+        matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+        missing = [m for m in matches if not Path(m).exists()]
+        if not matches or missing:
+            raise ValueError(
+                f"dataset={dataset!r}: {entry!r} matches no file or folder; expected a Hub id, "
+                "a folder, or parquet/arrow file(s)"
+            )
+        files += matches
+    if len(files) > 1 and any(Path(f).is_dir() for f in files):
+        raise ValueError(
+            f"dataset={dataset!r} mixes folders with other paths; "
+            "expected one folder or a list of files"
+        )
+    return files
+
+
+def load_hub(name: str, config_name: str | None, streaming: bool, cache_dir: str | None) -> Splits:
+    try:
+        return datasets.load_dataset(name, config_name, streaming=streaming, cache_dir=cache_dir)
+    except Exception as err:  # offline, unknown id, gated, missing config: all end up here
+        raise hub_error(name, config_name, err) from err
+
+
+def hub_features(
+    name: str, config_name: str | None, cache_dir: str | None
+) -> datasets.Features | None:
+    """A Hub dataset's declared features, read from its metadata without downloading its data."""
+    try:
+        return datasets.load_dataset_builder(name, config_name, cache_dir=cache_dir).info.features
+    except Exception as err:
+        raise hub_error(name, config_name, err) from err
+
+
+def hub_error(name: str, config_name: str | None, err: Exception) -> ValueError:
+    return ValueError(
+        f"could not load dataset={name!r} (config_name={config_name!r}) from the Hugging Face Hub: "
+        f"{type(err).__name__}: {err}. It is not a local path either. Check the id and config, "
+        "the network and `huggingface-cli login` for gated datasets; with HF_HUB_OFFLINE=1 only "
+        "datasets already in the local cache load."
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split as the DataModule uses it: its rows and how many there are (None: a stream
+    whose metadata does not say)."""
+
+    name: str
+    data: Dataset | IterableDataset
+    size: int | None
+
+
+def pick_split(splits: Splits, name: str, dataset: Source, field: str) -> Split:
+    """The split called ``name``; an error listing the splits when there is none, or it is empty."""
     if name not in splits:
-        raise ValueError(f"{field}={name!r} does not exist in dataset {describe(dataset)}; "
-                         f"available splits: {sorted(splits)}")
-    return splits[name]
+        raise ValueError(
+            f"{field}={name!r} does not exist in dataset {describe(dataset)}; "
+            f"available splits: {sorted(splits)}"
+        )
+    split = Split(name, splits[name], num_examples(splits[name]))
+    if split.size == 0:
+        raise ValueError(
+            f"{field}={name!r} of dataset {describe(dataset)} is empty (0 examples); "
+            "expected at least one image"
+        )
+    return split
 
 
-@dataclass
-class Columns:
-    image: str
-    label: str
-    names: list[str]  # class names by id
-    string_labels: bool  # labels are strings to be mapped to ids via ``names``
+def num_examples(data: Dataset | IterableDataset) -> int | None:
+    """Rows of a split: exact for Arrow data, from the metadata for streams (None if undeclared)."""
+    if isinstance(data, Dataset):
+        return len(data)
+    info = (data.info.splits or {}).get(str(data.split)) if data.split is not None else None
+    return info.num_examples if info is not None and info.num_examples else None
 
 
-def find_columns(features, dataset, image_column: str | None, label_column: str | None,
-                 string_values=None) -> Columns:
-    """Image and label columns from the features (Image, ClassLabel) or by name; label names."""
-    if features is None:
-        raise ValueError(f"dataset {describe(dataset)} does not declare its features; give image_column and "
-                         "label_column and use a dataset with typed columns")
-    columns = list(features)
-    if image_column is None:
-        found = [c for c, f in features.items() if isinstance(f, Image)]
-        if not found:
-            raise ValueError(f"dataset {describe(dataset)} has no image column (no datasets.Image feature); "
-                             f"columns: {columns}; pass image_column=")
-        image_column = found[0]
-    elif image_column not in features:
-        raise ValueError(f"image_column={image_column!r} is not in dataset {describe(dataset)}; columns: {columns}")
-    if label_column is None:
-        found = [c for c, f in features.items() if isinstance(f, ClassLabel)]
-        found = found or [c for c in ("label", "labels", "fine_label") if c in features]
-        if not found:
-            raise ValueError(f"dataset {describe(dataset)} has no label column (no ClassLabel feature); "
-                             f"columns: {columns}; pass label_column=")
-        label_column = found[0]
-    elif label_column not in features:
-        raise ValueError(f"label_column={label_column!r} is not in dataset {describe(dataset)}; columns: {columns}")
-    feature = features[label_column]
-    if isinstance(feature, ClassLabel):
-        return Columns(image_column, label_column, list(feature.names), False)
-    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
-        if string_values is None:
-            raise ValueError(f"label_column={label_column!r} of dataset {describe(dataset)} holds strings; "
-                             "with streaming=True it must be a ClassLabel (its names cannot be known up front)")
-        return Columns(image_column, label_column, sorted(set(string_values())), True)
-    if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
-        values = string_values() if string_values is not None else None
-        if values is None:
-            raise ValueError(f"label_column={label_column!r} of dataset {describe(dataset)} holds plain integers; "
-                             "with streaming=True it must be a ClassLabel")
-        return Columns(image_column, label_column, [str(i) for i in range(max(values) + 1)], False)
-    raise ValueError(f"label_column={label_column!r} of dataset {describe(dataset)} is not categorical "
-                     f"(feature {feature}); expected a ClassLabel, string or integer column")
+def carve_validation(
+    train: Split, fraction: float, seed: int, label_column: str | None, dataset: Source
+) -> tuple[Split, Split]:
+    """(train, val) with ``fraction`` of train held out: a seeded random split, stratified by a
+    ClassLabel column when every class can be. Arrow data only: a stream cannot be split at random
+    without reading all of it, and HF's ``take``/``skip`` cut a stream's head per DataLoader
+    worker, so the held-out rows would depend on num_workers."""
+    if not isinstance(train.data, Dataset):
+        raise ValueError(  # noqa: TRY004 - a setting to change, not a wrong type
+            f"dataset {describe(dataset)} is streamed and has no validation split to use, and "
+            "none can be held out of a stream; set val_split to one of its splits, "
+            "val_split=None to skip validation, or streaming=False"
+        )
+    n_val = math.ceil(fraction * train.size)
+    if n_val >= train.size:
+        raise ValueError(
+            f"train_split={train.name!r} of dataset {describe(dataset)} has {train.size} examples: "
+            f"too few to hold out val_fraction={fraction} and still train"
+        )
+    stratify = (
+        label_column
+        if label_column and isinstance(train.data.features[label_column], ClassLabel)
+        else None
+    )
+    try:
+        parts = train.data.train_test_split(test_size=n_val, seed=seed, stratify_by_column=stratify)
+    except ValueError:  # a class too rare to appear on both sides: fall back to a plain split
+        parts = train.data.train_test_split(test_size=n_val, seed=seed)
+    return (
+        Split(f"{train.name} minus val_fraction={fraction}", parts["train"], train.size - n_val),
+        Split(f"val_fraction={fraction} of {train.name}", parts["test"], n_val),
+    )
+
+
+def image_files(paths: str | list[str]) -> list[str]:
+    """Image files under a folder (recursively, sorted) or from a list of files."""
+    entries = [paths] if isinstance(paths, str) else list(paths)
+    files = []
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            files += sorted(str(f) for f in entry.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif entry.is_file():
+            files.append(str(entry))
+        else:
+            raise ValueError(
+                f"predict_paths entry {str(entry)!r} does not exist; expected a folder of images "
+                "or image files"
+            )
+    if not files:
+        raise ValueError(
+            f"predict_paths={paths!r} holds no image files; "
+            f"expected suffixes {list(IMAGE_SUFFIXES)}"
+        )
+    return files

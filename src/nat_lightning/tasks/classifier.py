@@ -16,9 +16,9 @@ from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..callbacks.data_epochs import DataEpochs
 from ..callbacks.finetuning import BackboneFreeze
 from ..callbacks.rng_state import RNGState
+from ..callbacks.skipped_images import SkippedImagesReport
 from ..models import NatConfig, NatForImageClassification
 from .mixup import MixupCutmix
 from .optim import param_groups, warmup_cosine
@@ -193,8 +193,8 @@ class NatClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self):
-        # streaming shuffle epochs and skipped-image reports; RNG state in checkpoints for exact resumes
-        callbacks = [DataEpochs(), RNGState()]
+        # undecodable-image reports; RNG state in checkpoints for exact resumes
+        callbacks = [SkippedImagesReport(), RNGState()]
         if self.hparams.finetune != "full":
             thaw = None if self.hparams.finetune == "linear_probe" else self.hparams.unfreeze_at_epoch
             callbacks.append(BackboneFreeze(unfreeze_at_epoch=thaw))

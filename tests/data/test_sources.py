@@ -1,0 +1,135 @@
+"""Loading every kind of source through datasets, split lookup, the held-out validation split."""
+
+from collections import Counter
+
+import pytest
+from datasets import DatasetDict, Image
+
+from nat_lightning.data.sources import (
+    Split,
+    carve_validation,
+    image_files,
+    is_hub_id,
+    load_splits,
+    pick_split,
+)
+
+from .conftest import coloured
+
+
+def test_in_memory_dataset_is_the_train_split(coloured_dataset, coloured_dict):
+    assert list(load_splits(coloured_dataset)) == ["train"]
+    assert load_splits(coloured_dict) is coloured_dict
+
+
+def test_parquet_file_glob_and_list(tmp_path):
+    coloured(range(5)).to_parquet(str(tmp_path / "a.parquet"))
+    coloured(range(5, 12)).to_parquet(str(tmp_path / "b.parquet"))
+    one = load_splits(str(tmp_path / "a.parquet"))
+    assert list(one) == ["train"] and one["train"].num_rows == 5
+    assert (
+        one["train"].features == coloured(range(1)).features
+    )  # Image and ClassLabel names survive
+    assert load_splits(str(tmp_path / "*.parquet"))["train"].num_rows == 12
+    assert (
+        load_splits([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")])["train"].num_rows
+        == 12
+    )
+
+
+def test_arrow_file(tmp_path):
+    coloured(range(6)).save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    assert load_splits(str(arrow))["train"].num_rows == 6
+    assert load_splits(str(tmp_path / "saved"))["train"].num_rows == 6  # a save_to_disk folder
+
+
+def test_imagefolder_with_split_folders(imagefolder):
+    splits = load_splits(str(imagefolder))
+    assert sorted(splits) == ["train", "validation"]
+    assert splits["train"].num_rows == 14 and splits["train"].features["label"].names == [
+        "cat",
+        "dog",
+    ]
+
+
+def test_folder_of_parquet_files_named_by_split(tmp_path):
+    (tmp_path / "data").mkdir()
+    coloured(range(8)).to_parquet(str(tmp_path / "data" / "train-00000.parquet"))
+    coloured(range(8, 11)).to_parquet(str(tmp_path / "data" / "test-00000.parquet"))
+    splits = load_splits(str(tmp_path / "data"))
+    assert {name: s.num_rows for name, s in splits.items()} == {"train": 8, "test": 3}
+
+
+def test_paths_that_do_not_exist(tmp_path):
+    with pytest.raises(ValueError, match=r"'.*missing.parquet' matches no file or folder"):
+        load_splits(str(tmp_path / "missing.parquet"))
+    with pytest.raises(ValueError, match=r"\*.parquet' matches no file"):
+        load_splits(str(tmp_path / "*.parquet"))
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    with pytest.raises(
+        ValueError, match=r"suffixes \['.csv'\]; expected .*\['.arrow', '.parquet'\]"
+    ):
+        load_splits(str(tmp_path / "x.csv"))
+
+
+def test_hub_ids_fail_clearly_when_offline():
+    assert (
+        is_hub_id("someone/beans")
+        and is_hub_id("mnist")
+        and not is_hub_id("./beans")
+        and not is_hub_id("x.parquet")
+    )
+    with pytest.raises(
+        ValueError, match="could not load dataset='someone/beans-nowhere'.*HF_HUB_OFFLINE"
+    ):
+        load_splits("someone/beans-nowhere")
+
+
+def test_pick_split_lists_the_splits(coloured_dict):
+    assert pick_split(coloured_dict, "validation", "d", "val_split").size == 11
+    with pytest.raises(
+        ValueError,
+        match=r"test_split='test' does not exist in dataset 'd'; available splits: "
+        r"\['train', 'validation'\]",
+    ):
+        pick_split(coloured_dict, "test", "d", "test_split")
+    empty = DatasetDict({"train": coloured(range(3)).select([])})
+    with pytest.raises(ValueError, match="train_split='train' of dataset 'd' is empty"):
+        pick_split(empty, "train", "d", "train_split")
+
+
+def test_held_out_validation_is_seeded_disjoint_and_stratified():
+    data = coloured(range(40)).cast_column(
+        "img", Image(decode=False)
+    )  # labels i % 4: ten per class
+
+    def carve(seed):
+        train, val = carve_validation(Split("train", data, 40), 0.2, seed, "target", "d")
+        return (
+            [row["img"]["bytes"] for row in train.data],
+            [row["img"]["bytes"] for row in val.data],
+            val,
+        )
+
+    train, val_bytes, val = carve(seed=3)
+    assert val.size == len(val_bytes) == 8 and len(train) == 32
+    assert not set(train) & set(val_bytes) and len(set(train) | set(val_bytes)) == 40
+    assert Counter(val.data["target"]) == {0: 2, 1: 2, 2: 2, 3: 2}  # stratified
+    assert carve(seed=3)[1] == val_bytes and carve(seed=4)[1] != val_bytes
+
+
+def test_held_out_validation_needs_enough_rows():
+    with pytest.raises(ValueError, match="has 1 examples: too few to hold out val_fraction=0.1"):
+        carve_validation(Split("train", coloured(range(1)), 1), 0.1, 0, "target", "d")
+
+
+def test_image_files_from_folders_and_lists(imagefolder):
+    dogs = image_files(str(imagefolder / "train" / "dog"))
+    assert [f.rsplit("/", 1)[1] for f in dogs] == [f"{i}.png" for i in range(7)]
+    assert len(image_files([str(imagefolder / "train")])) == 14
+    with pytest.raises(ValueError, match="predict_paths entry '.*nope' does not exist"):
+        image_files(str(imagefolder / "nope"))
+    (imagefolder / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image files"):
+        image_files(str(imagefolder / "empty"))
