@@ -1,108 +1,121 @@
-import json
-import logging
+"""Key mapping between our/SHI-Labs' names and transformers', on the fixtures' real key sets."""
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from nat_lightning import NatBackbone, NatConfig, NatForImageClassification, NatModel
+from safetensors.torch import load_file
 from tests.conftest import FIXTURES
+
+from nat_lightning.models.checkpoints import (
+    detect_layout,
+    from_transformers,
+    to_canonical,
+    to_transformers,
+)
 
 NAT = FIXTURES / "hf_nat_tiny_random"
 DINAT = FIXTURES / "hf_dinat_tiny_random"
 
 
-def logits(model, seed=0):
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return model.eval()(x).logits
+@pytest.mark.parametrize(("fixture", "prefix"), [(NAT, "nat."), (DINAT, "dinat.")])
+def test_round_trip_through_our_names_is_exact(fixture, prefix):
+    theirs = load_file(str(fixture / "model.safetensors"))
+    ours, origin = from_transformers(theirs)
+    assert not any(k.startswith(("nat.", "dinat.", "encoder.", "embeddings.")) for k in ours)
+    back = to_transformers(ours, prefix)
+    assert back.keys() == theirs.keys()
+    assert all(torch.equal(back[k], theirs[k]) for k in theirs)
+    assert (
+        origin["levels.1.blocks.1.attn.qkv.weight"]
+        == f"{prefix}encoder.levels.1.layers.1.attention.self.{{query,key,value}}.weight"
+    )
 
 
-@pytest.mark.parametrize("fixture", [NAT, DINAT])
-def test_save_pretrained_writes_transformers_layout_exactly(fixture, tmp_path):
-    model = NatForImageClassification.from_pretrained(fixture)
-    model.save_pretrained(tmp_path)
-    ours, theirs = load_file(str(tmp_path / "model.safetensors")), load_file(str(fixture / "model.safetensors"))
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["architectures"] == json.loads((fixture / "config.json").read_text())["architectures"]
-    assert not list(tmp_path.glob("*.tmp"))
-    torch.testing.assert_close(logits(NatForImageClassification.from_pretrained(tmp_path)), logits(model))
+def test_names_written_out_by_hand():
+    """A few keys of each kind, mapped by hand as SHI-Labs' and transformers' code name them."""
+    theirs = load_file(str(NAT / "model.safetensors"))
+    ours, _ = from_transformers(theirs)
+    attn = "nat.encoder.levels.1.layers.0.attention.self."
+    expected = {
+        "patch_embed.proj.0.weight": theirs["nat.embeddings.patch_embeddings.projection.0.weight"],
+        "patch_embed.norm.bias": theirs["nat.embeddings.norm.bias"],
+        "levels.1.blocks.0.norm1.weight": theirs[
+            "nat.encoder.levels.1.layers.0.layernorm_before.weight"
+        ],
+        "levels.1.blocks.0.attn.qkv.weight": torch.cat(
+            [theirs[attn + p + ".weight"] for p in ("query", "key", "value")]
+        ),
+        "levels.1.blocks.0.attn.qkv.bias": torch.cat(
+            [theirs[attn + p + ".bias"] for p in ("query", "key", "value")]
+        ),
+        "levels.1.blocks.0.attn.rpb": theirs[attn + "rpb"],
+        "levels.1.blocks.0.attn.proj.weight": theirs[
+            "nat.encoder.levels.1.layers.0.attention.output.dense.weight"
+        ],
+        "levels.1.blocks.0.norm2.bias": theirs[
+            "nat.encoder.levels.1.layers.0.layernorm_after.bias"
+        ],
+        "levels.1.blocks.0.mlp.fc1.weight": theirs[
+            "nat.encoder.levels.1.layers.0.intermediate.dense.weight"
+        ],
+        "levels.1.blocks.0.mlp.fc2.bias": theirs["nat.encoder.levels.1.layers.0.output.dense.bias"],
+        "levels.1.blocks.0.gamma1": theirs["nat.encoder.levels.1.layers.0.layer_scale_parameters"][
+            0
+        ],
+        "levels.1.blocks.0.gamma2": theirs["nat.encoder.levels.1.layers.0.layer_scale_parameters"][
+            1
+        ],
+        "levels.2.downsample.reduction.weight": theirs[
+            "nat.encoder.levels.2.downsample.reduction.weight"
+        ],
+        "levels.2.downsample.norm.weight": theirs["nat.encoder.levels.2.downsample.norm.weight"],
+        "norm.weight": theirs["nat.layernorm.weight"],
+        "head.weight": theirs["classifier.weight"],
+    }
+    for key, value in expected.items():
+        assert torch.equal(ours[key], value), key
+    assert ours["levels.1.blocks.0.attn.qkv.weight"].shape == (96, 32)
 
 
-def test_original_layout_loads_with_a_config(tmp_path):
-    model = NatForImageClassification.from_pretrained(DINAT)
-    original = {k[len("nat."):] if k.startswith("nat.") else k: v for k, v in model.state_dict().items()}
-    torch.save({"model": original}, tmp_path / "dinat.pth")
-    loaded = NatForImageClassification.from_pretrained(tmp_path / "dinat.pth", config=model.config)
-    torch.testing.assert_close(logits(loaded), logits(model))
-    with pytest.raises(ValueError, match="pass config=NatConfig"):
-        NatForImageClassification.from_pretrained(tmp_path / "dinat.pth")
+def test_backbone_names_and_no_prefix():
+    state = {
+        "embeddings.norm.weight": torch.ones(2),
+        "hidden_states_norms.stage1.bias": torch.zeros(2),
+    }
+    ours, _ = from_transformers(state)
+    assert set(ours) == {"patch_embed.norm.weight", "hidden_states_norms.stage1.bias"}
+    assert to_transformers(ours).keys() == state.keys()
 
 
-def test_new_head_when_num_labels_differ(caplog):
-    with caplog.at_level(logging.WARNING):
-        model = NatForImageClassification.from_pretrained(NAT, num_labels=5)
-    assert model.head.weight.shape == (5, 128) and model.config.num_labels == 5
-    assert "head is newly initialised" in caplog.text
-    reference = NatForImageClassification.from_pretrained(NAT)
-    assert torch.equal(model.nat.levels[1].blocks[0].attn.rpb, reference.nat.levels[1].blocks[0].attn.rpb)
-    named = NatForImageClassification.from_pretrained(NAT, id2label={0: "a", 1: "b", 2: "c"})
-    assert named.config.id2label == {0: "a", 1: "b", 2: "c"} and torch.equal(named.head.weight, reference.head.weight)
+def test_layouts_are_detected():
+    assert detect_layout({"nat.embeddings.norm.weight": torch.ones(1)}) == "transformers"
+    assert (
+        detect_layout({"encoder.levels.0.downsample.norm.weight": torch.ones(1)}) == "transformers"
+    )
+    assert (
+        detect_layout({"patch_embed.norm.weight": torch.ones(1), "head.weight": torch.ones(1)})
+        == "original"
+    )
+    state = {"levels.0.blocks.0.norm1.weight": torch.ones(1)}
+    assert to_canonical(state) == (
+        state,
+        {"levels.0.blocks.0.norm1.weight": "levels.0.blocks.0.norm1.weight"},
+    )
+    with pytest.raises(ValueError, match="unrecognised checkpoint layout.*\\['fc.weight'\\]"):
+        detect_layout({"fc.weight": torch.ones(1)})
 
 
-def test_model_and_backbone_load_from_a_classifier_checkpoint(caplog):
-    reference = NatForImageClassification.from_pretrained(NAT).eval()
-    x = torch.randn(1, 3, 64, 64)
-    base = NatModel.from_pretrained(NAT).eval()
-    torch.testing.assert_close(base(x).pooler_output, reference.nat(x).pooler_output)
-    with caplog.at_level(logging.WARNING):
-        backbone = NatBackbone.from_pretrained(NAT)
-    assert "out_norms is newly initialised" in caplog.text
-    assert backbone(x).feature_maps[0].shape == (1, 128, 2, 2)
-
-
-def test_missing_and_unexpected_keys_are_listed(tmp_path):
-    tensors = load_file(str(NAT / "model.safetensors"))
-    del tensors["nat.encoder.levels.0.layers.0.attention.self.rpb"]
-    tensors["nat.encoder.levels.0.layers.0.extra"] = torch.zeros(1)
-    (tmp_path / "config.json").write_text((NAT / "config.json").read_text())
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="missing keys \\[nat.levels.0.blocks.0.attn.rpb\\].*unexpected keys "
-                                         "\\[nat.encoder.levels.0.layers.0.extra\\]"):
-        NatForImageClassification.from_pretrained(tmp_path)
-
-
-def test_a_checkpoint_that_does_not_fit_the_config(tmp_path):
-    config = json.loads((NAT / "config.json").read_text())
-    config["mlp_ratio"] = 3.0
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "model.safetensors").write_bytes((NAT / "model.safetensors").read_bytes())
-    with pytest.raises(ValueError, match="shape mismatches .*nat.levels.0.blocks.0.mlp.fc1.weight: "
-                                         "checkpoint \\(32, 16\\) vs model \\(48, 16\\)"):
-        NatForImageClassification.from_pretrained(tmp_path)
-
-
-def test_pickled_code_is_never_run(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    torch.save({"model": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError, match="weights-only"):
-        NatForImageClassification.from_pretrained(tmp_path / "evil.pth", config=NatConfig())
-
-
-def test_offline_hub_id_not_in_cache_gives_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(OSError, match="shi-labs/nat-mini-in1k-224.*HF_HUB_OFFLINE is set"):
-        NatForImageClassification.from_pretrained("shi-labs/nat-mini-in1k-224")
-
-
-def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        NatForImageClassification.from_pretrained(str(tmp_path / "nowhere" / "model"))
+def test_malformed_transformers_keys_are_errors():
+    partial = {
+        f"encoder.levels.0.layers.0.attention.self.{p}.weight": torch.ones(2, 2)
+        for p in ("query", "key")
+    }
+    with pytest.raises(ValueError, match="lacks the \\['value'\\] projection"):
+        from_transformers(partial)
+    with pytest.raises(
+        ValueError, match="layer_scale_parameters must have shape \\(2, channels\\), got \\(3,\\)"
+    ):
+        from_transformers({"encoder.levels.0.layers.0.layer_scale_parameters": torch.ones(3)})
+    with pytest.raises(
+        ValueError, match="no transformers name for parameter 'levels.0.blocks.0.extra'"
+    ):
+        to_transformers({"levels.0.blocks.0.extra": torch.ones(1)})

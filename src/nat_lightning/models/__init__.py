@@ -1,5 +1,24 @@
-from .config import VARIANTS, NatConfig
-from .nat import BackboneOutput, NatBackbone, NatForImageClassification, NatModel, NatModelOutput
+"""NAT/DiNAT networks, their config and variants, and checkpoint loading (see nat.py, config.py)."""
 
-__all__ = ["VARIANTS", "BackboneOutput", "NatBackbone", "NatConfig", "NatForImageClassification", "NatModel",
-           "NatModelOutput"]
+from .config import VARIANTS, NatConfig, get_variant, list_variants
+from .nat import (
+    BackboneOutput,
+    NatBackbone,
+    NatForImageClassification,
+    NatImageClassifierOutput,
+    NatModel,
+    NatModelOutput,
+)
+
+__all__ = [
+    "VARIANTS",
+    "BackboneOutput",
+    "NatBackbone",
+    "NatConfig",
+    "NatForImageClassification",
+    "NatImageClassifierOutput",
+    "NatModel",
+    "NatModelOutput",
+    "get_variant",
+    "list_variants",
+]

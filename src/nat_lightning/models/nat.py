@@ -1,57 +1,84 @@
-"""NAT and DiNAT, top to bottom: helpers, attention, block, stage, model, heads.
+"""NAT and DiNAT, top to bottom: outputs, helpers, attention, block, stage, the three models.
 
-Module names follow SHI-Labs' original code (``patch_embed``, ``levels.i.blocks.j.attn.qkv``),
-so original checkpoints load as they are; transformers' names are mapped in checkpoints.py.
-Feature maps are channels-last, ``(B, H, W, C)``, the layout neighborhood attention wants.
+Module names follow SHI-Labs' original code (``patch_embed``, ``levels.i.blocks.j.attn.qkv``,
+``head``), so original checkpoints load as they are; transformers' names are mapped in
+checkpoints.py. The numerics follow transformers 4.40's NatModel/DinatModel, and the tests hold
+them to its outputs. Feature maps are channels-last, ``(B, H, W, C)``, the layout neighborhood
+attention works in; ``reshaped_hidden_states`` and ``feature_maps`` are ``(B, C, H, W)``.
+
+Shapes for a ``(B, 3, H, W)`` input: the tokenizer gives ``(B, H/4, W/4, C)``; each stage but the
+last halves the map (rounding up) and doubles the channels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import na2d
-from .checkpoints import PretrainedMixin
+from ..ops import BACKENDS, na2d
+from ..ops.windows import window_index
 from .config import NatConfig
+from .pretrained import PretrainedMixin
 
-_ACT = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU("tanh"), "gelu_pytorch_tanh": lambda: nn.GELU("tanh"),
-        "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}
+_ACTIVATIONS = {
+    "gelu": nn.GELU,  # exact erf GELU, as transformers' "gelu"
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+}
+Tensors = tuple[torch.Tensor, ...]
 
 
-# -- outputs (attribute access like transformers' ModelOutput) -----------------------------------
+# -- outputs: attribute access like transformers' ModelOutput ---------------------------------
+
+
+class _Output:
+    """Also ``out["logits"]``, and ``out[0]`` for the first field that is set, as transformers."""
+
+    def __getitem__(self, key: str | int):
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+    def to_tuple(self) -> tuple:
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return tuple(v for v in values if v is not None)
+
 
 @dataclass
-class NatModelOutput:
-    last_hidden_state: torch.Tensor  # (B, H, W, C) after the final norm
-    pooler_output: torch.Tensor | None = None  # (B, C)
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # (B, H, W, C): embeddings, then each stage
-    reshaped_hidden_states: tuple[torch.Tensor, ...] | None = None  # the same, (B, C, H, W)
-    attentions: tuple[torch.Tensor, ...] | None = None  # per stage, last block: (B, heads, Hp, Wp, k*k)
+class NatModelOutput(_Output):
+    last_hidden_state: torch.Tensor | None = None  # (B, h, w, C) after the final norm
+    pooler_output: torch.Tensor | None = None  # (B, C): mean of last_hidden_state over h, w
+    hidden_states: Tensors | None = None  # (B, h_i, w_i, C_i): embeddings, then each stage
+    attentions: Tensors | None = None  # per stage, its last block's: (B, heads, h_pad, w_pad, k*k)
+    reshaped_hidden_states: Tensors | None = None  # hidden_states as (B, C_i, h_i, w_i)
 
 
 @dataclass
-class NatImageClassifierOutput:
-    logits: torch.Tensor  # (B, num_labels)
-    loss: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    reshaped_hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class NatImageClassifierOutput(_Output):
+    loss: torch.Tensor | None = None  # scalar, when labels are given
+    logits: torch.Tensor | None = None  # (B, num_labels)
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+    reshaped_hidden_states: Tensors | None = None
 
 
 @dataclass
-class BackboneOutput:
-    feature_maps: tuple[torch.Tensor, ...]  # (B, C, H, W) per out_feature
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class BackboneOutput(_Output):
+    feature_maps: Tensors | None = None  # (B, C_i, h_i, w_i) per out_feature, in stage order
+    hidden_states: Tensors | None = None  # (B, h_i, w_i, C_i): stem, stages before downsampling
+    attentions: Tensors | None = None
 
 
-# -- helpers ---------------------------------------------------------------------------------------
+# -- helpers ------------------------------------------------------------------------------------
+
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
+    """Stochastic depth: in training, drop a sample's residual branch with probability ``p``."""
 
     def __init__(self, p: float = 0.0):
         super().__init__()
@@ -61,190 +88,208 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        return x * keep / (1 - self.p)  # rescaled so the expectation is unchanged
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class ConvTokenizer(nn.Module):
-    """Two stride-2 3x3 convolutions: (B, 3, H, W) -> (B, H/4, W/4, C)."""
+    """Two stride-2 3x3 convolutions instead of a 4x4 patchify: (B, 3, H, W) -> (B, H/4, W/4, C)."""
 
-    def __init__(self, config: NatConfig):
+    def __init__(self, num_channels: int, embed_dim: int):
         super().__init__()
-        dim = config.embed_dim
         self.proj = nn.Sequential(
-            nn.Conv2d(config.num_channels, dim // 2, 3, stride=2, padding=1),
-            nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),
+            nn.Conv2d(num_channels, embed_dim // 2, 3, stride=2, padding=1),
+            nn.Conv2d(embed_dim // 2, embed_dim, 3, stride=2, padding=1),
         )
-        self.norm = nn.LayerNorm(dim)  # default eps, as transformers' NatEmbeddings
+        # default eps whatever layer_norm_eps says, as transformers' NatEmbeddings
+        self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(pixel_values).permute(0, 2, 3, 1))
+        return self.norm(self.proj(pixel_values).permute(0, 2, 3, 1))  # (B, H/4, W/4, C)
 
 
 class ConvDownsampler(nn.Module):
-    """Halve the resolution and double the channels with a stride-2 3x3 convolution."""
+    """A stride-2 3x3 convolution: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int):
         super().__init__()
         self.reduction = nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False)
-        # transformers builds this norm with LayerNorm's default eps, whatever the config says
-        self.norm = nn.LayerNorm(2 * dim)
+        self.norm = nn.LayerNorm(2 * dim)  # default eps, as transformers
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H/2, W/2, 2C)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, config: NatConfig):
+    def __init__(self, dim: int, hidden: int, act: str, drop: float):
         super().__init__()
-        hidden = int(dim * config.mlp_ratio)
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = _ACT[config.hidden_act]()
+        self.act = _ACTIVATIONS[act]()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(config.hidden_dropout_prob)
+        self.drop = nn.Dropout(drop)  # transformers drops after fc2 only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
-# -- attention, block, stage ---------------------------------------------------------------------
+# -- attention, block, stage --------------------------------------------------------------------
+
 
 class NeighborhoodAttention2D(nn.Module):
-    """Multi-head neighborhood attention with relative positional bias, on (B, H, W, C).
+    """Multi-head (dilated) neighborhood attention with relative positional bias on (B, H, W, C).
 
-    Maps smaller than the dilated window are zero-padded at the bottom/right and cropped back,
-    as in NATTEN's module and transformers; returned weights then cover the padded map.
+    The math lives in :func:`nat_lightning.ops.na2d`; this module owns the projections and the
+    ``rpb`` table, and pads maps smaller than the dilated window (see ``forward``).
     """
 
-    def __init__(self, dim: int, num_heads: int, dilation: int, config: NatConfig):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int,
+        dilation: int = 1,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.kernel_size, self.dilation = config.kernel_size, dilation
-        self.backend = config.attention_backend
-        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * self.kernel_size - 1, 2 * self.kernel_size - 1))
-        self.attn_drop = config.attention_probs_dropout_prob
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.backend = backend  # an ops backend name; see NatPreTrainedModel.set_attention_backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # one matmul for query, key and value
+        # bias by relative offset (dy, dx) in [-(k-1), k-1]^2, one table per head
+        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False):
-        batch, height, width, dim = x.shape
+        height, width = x.shape[1:3]
+        # NA needs at least kernel_size * dilation tokens per axis. Like transformers, zero-pad the
+        # (normalised) map at the bottom/right, attend over the padded map, then crop; the padded
+        # tokens still act as keys (their qkv is the projection bias), exactly as there.
         window = self.kernel_size * self.dilation
         pad_h, pad_w = max(0, window - height), max(0, window - width)
         if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        qkv = self.qkv(x).view(batch, height + pad_h, width + pad_w, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(3)  # each (B, Hp, Wp, heads, head_dim)
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv.unbind(3)  # each (B, Hp, Wp, heads, D)
+        args = (q, k, v, self.kernel_size, self.dilation, self.rpb)
         dropout = self.training and self.attn_drop > 0
-        result = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, backend=self.backend,
-                      return_weights=output_attentions or dropout)
-        if output_attentions or dropout:  # rare paths: weights materialised, AV redone by hand
-            out, weights = result
-            if dropout:
+        if dropout or output_attentions:  # the weights are needed: (B, heads, Hp, Wp, k*k)
+            out, weights = na2d(*args, backend=self.backend, return_weights=True)
+            if dropout:  # the op has no dropout: redo the weighted sum with dropped weights
                 weights = F.dropout(weights, self.attn_drop, training=True)
-                out = _apply_weights(weights, v, self.kernel_size, self.dilation)
+                out = _weighted_values(weights, v, self.kernel_size, self.dilation)
         else:
-            out, weights = result, None
-        out = out.reshape(batch, height + pad_h, width + pad_w, dim)[:, :height, :width]
-        return self.proj(out), weights
+            out, weights = na2d(*args, backend=self.backend), None
+        out = out.flatten(-2)[:, :height, :width]  # (B, H, W, C), padding cropped
+        return self.proj_drop(self.proj(out)), weights
 
 
-def _apply_weights(weights, value, kernel_size, dilation):
-    """Weighted sum of window values for given weights (B, heads, H, W, k*k): the AV half of NA."""
-    from ..ops.windows import window_index
-
-    ih, _ = window_index(value.shape[1], kernel_size, dilation, value.device)
-    iw, _ = window_index(value.shape[2], kernel_size, dilation, value.device)
-    windows = value[:, ih[:, None, :, None], iw[None, :, None, :]].flatten(3, 4)  # (B, H, W, k*k, heads, D)
-    return torch.einsum("bhijn,bijnhd->bijhd", weights, windows)
+def _weighted_values(
+    weights: torch.Tensor, value: torch.Tensor, kernel_size: int, dilation: int
+) -> torch.Tensor:
+    """The AV half of NA for given weights (B, heads, H, W, k*k) and values (B, H, W, heads, D)."""
+    rows, _ = window_index(value.shape[1], kernel_size, dilation, value.device)  # (H, k)
+    cols, _ = window_index(value.shape[2], kernel_size, dilation, value.device)  # (W, k)
+    windows = value[:, rows[:, None, :, None], cols[None, :, None, :]]  # (B, H, W, k, k, heads, D)
+    return torch.einsum("bhijn,bijnhd->bijhd", weights, windows.flatten(3, 4))
 
 
 class NatBlock(nn.Module):
-    """Pre-norm transformer block: x + NA(LN(x)), then x + MLP(LN(x)), each with layer scale."""
+    """Pre-norm transformer block: x + NA(LN(x)), then x + MLP(LN(x)), each branch with optional
+    layer scale (``gamma1``, ``gamma2``) and stochastic depth."""
 
-    def __init__(self, dim: int, num_heads: int, dilation: int, drop_path: float, config: NatConfig):
+    def __init__(
+        self, config: NatConfig, dim: int, num_heads: int, dilation: int, drop_path: float
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = NeighborhoodAttention2D(dim, num_heads, dilation, config)
+        self.attn = NeighborhoodAttention2D(
+            dim,
+            num_heads,
+            config.kernel_size,
+            dilation,
+            qkv_bias=config.qkv_bias,
+            attn_drop=config.attention_probs_dropout_prob,
+            proj_drop=config.attention_probs_dropout_prob,
+            backend=config.attention_backend,
+        )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = Mlp(dim, config)
+        self.mlp = Mlp(
+            dim, int(dim * config.mlp_ratio), config.hidden_act, config.hidden_dropout_prob
+        )
         self.layer_scale = config.layer_scale_init_value > 0
         if self.layer_scale:
-            self.gamma1 = nn.Parameter(config.layer_scale_init_value * torch.ones(dim))
-            self.gamma2 = nn.Parameter(config.layer_scale_init_value * torch.ones(dim))
+            self.gamma1 = nn.Parameter(torch.full((dim,), config.layer_scale_init_value))
+            self.gamma2 = nn.Parameter(torch.full((dim,), config.layer_scale_init_value))
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False):
-        attn, weights = self.attn(self.norm1(x), output_attentions)
-        mlp_in = x + self.drop_path(self.gamma1 * attn if self.layer_scale else attn)
-        mlp = self.mlp(self.norm2(mlp_in))
-        return mlp_in + self.drop_path(self.gamma2 * mlp if self.layer_scale else mlp), weights
+        attn, weights = self.attn(self.norm1(x), output_attentions)  # (B, H, W, C)
+        x = x + self.drop_path(self.gamma1 * attn if self.layer_scale else attn)
+        mlp = self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.gamma2 * mlp if self.layer_scale else mlp)
+        return x, weights
 
 
 class NatStage(nn.Module):
-    """Blocks at one resolution, then (except the last stage) a downsampler."""
+    """The blocks of one resolution, then (except in the last stage) a downsampler."""
 
-    def __init__(self, stage: int, drop_paths: list[float], config: NatConfig, downsample: bool):
+    def __init__(self, config: NatConfig, stage: int, drop_paths: list[float]):
         super().__init__()
         dim = config.embed_dim * 2**stage
         self.blocks = nn.ModuleList(
-            NatBlock(dim, config.num_heads[stage], dilation, p, config)
+            NatBlock(config, dim, config.num_heads[stage], dilation, p)
             for dilation, p in zip(config.block_dilations(stage), drop_paths)
         )
-        self.downsample = ConvDownsampler(dim, config.layer_norm_eps) if downsample else None
+        self.downsample = ConvDownsampler(dim) if stage < len(config.depths) - 1 else None
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False):
+        """(B, H, W, C) -> (downsampled, before downsampling, last block's attention weights)."""
         weights = None
         for block in self.blocks:
             x, weights = block(x, output_attentions)
         before = x
         if self.downsample is not None:
-            x = self.downsample(x)
+            x = self.downsample(x)  # (B, ceil(H/2), ceil(W/2), 2C)
         return x, before, weights
 
 
-# -- models --------------------------------------------------------------------------------------
+def _levels(config: NatConfig) -> nn.ModuleList:
+    """All stages; stochastic depth grows linearly from 0 to drop_path_rate over all blocks."""
+    rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
+    bounds = [sum(config.depths[:i]) for i in range(len(config.depths) + 1)]
+    return nn.ModuleList(
+        NatStage(config, i, rates[bounds[i] : bounds[i + 1]]) for i in range(len(config.depths))
+    )
+
+
+# -- models -------------------------------------------------------------------------------------
+
 
 class NatPreTrainedModel(PretrainedMixin, nn.Module):
-    """Weight init as in transformers; loading and saving come from PretrainedMixin."""
+    """What the three models share: running the stages, weight init, backend choice, and
+    (from PretrainedMixin) ``from_pretrained``/``save_pretrained``."""
 
     config: NatConfig
+    patch_embed: ConvTokenizer
+    pos_drop: nn.Dropout
+    levels: nn.ModuleList
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, NeighborhoodAttention2D):
-            nn.init.trunc_normal_(module.rpb, std=0.02)  # as the original code; transformers leaves zeros
-
-    def init_weights(self) -> None:
-        self.apply(self._init_weights)
-
-
-class NatModel(NatPreTrainedModel):
-    """The NAT/DiNAT encoder: tokenizer, stages, final norm, average pooling."""
-
-    def __init__(self, config: NatConfig, add_final_norm: bool = True):
-        super().__init__()
-        self.config = config
-        self.patch_embed = ConvTokenizer(config)
-        self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
-        bounds = [sum(config.depths[:i]) for i in range(len(config.depths) + 1)]
-        self.levels = nn.ModuleList(
-            NatStage(i, rates[bounds[i] : bounds[i + 1]], config, downsample=i < len(config.depths) - 1)
-            for i in range(len(config.depths))
-        )
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if add_final_norm else None
-        self.init_weights()
-
-    def encode(self, pixel_values: torch.Tensor, output_attentions: bool = False):
-        """Embeddings, then every stage: states after and before downsampling, and attentions."""
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(f"pixel_values must be (batch, {self.config.num_channels}, height, width), "
-                             f"got pixel_values.shape={tuple(pixel_values.shape)}")
+    def forward_stages(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """Embeddings, then every stage: lists of states after and before downsampling, and of
+        each stage's last attention weights (None unless ``output_attentions``)."""
+        channels = self.config.num_channels
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values must be (batch, {channels}, height, width), "
+                f"got pixel_values.shape={tuple(pixel_values.shape)}"
+            )
         x = self.pos_drop(self.patch_embed(pixel_values))  # (B, H/4, W/4, C)
         after, before, attentions = [x], [x], []
         for level in self.levels:
@@ -254,76 +299,180 @@ class NatModel(NatPreTrainedModel):
             attentions.append(weights)
         return after, before, attentions
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
-                output_attentions: bool = False) -> NatModelOutput:
-        after, _, attentions = self.encode(pixel_values, output_attentions)
-        last = self.norm(after[-1])
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' init: N(0, initializer_range) weights, zero biases and rpb, unit norms."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, NeighborhoodAttention2D):
+            nn.init.zeros_(module.rpb)
+        elif isinstance(module, NatBlock) and module.layer_scale:
+            nn.init.constant_(module.gamma1, self.config.layer_scale_init_value)
+            nn.init.constant_(module.gamma2, self.config.layer_scale_init_value)
+
+    def init_weights(self) -> None:
+        self.apply(self._init_weights)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch every attention layer (and the config) to another nat_lightning.ops backend."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
+        self.config.attention_backend = backend
+        for module in self.modules():
+            if isinstance(module, NeighborhoodAttention2D):
+                module.backend = backend
+
+
+class NatModel(NatPreTrainedModel):
+    """The NAT/DiNAT encoder: tokenizer, stages, final norm, average pooling."""
+
+    _kind = "model"
+
+    def __init__(self, config: NatConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        # False: pooler_output is None (the pooling has no weights either way)
+        self.add_pooling_layer = add_pooling_layer
+        self.patch_embed = ConvTokenizer(config.num_channels, config.embed_dim)
+        self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
+        self.levels = _levels(config)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.init_weights()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> NatModelOutput:
+        after, _, attentions = self.forward_stages(pixel_values, output_attentions)
+        last = self.norm(after[-1])  # (B, h, w, C)
+        reshaped = tuple(h.permute(0, 3, 1, 2) for h in after)  # views, no copies
         return NatModelOutput(
             last_hidden_state=last,
-            pooler_output=last.mean(dim=(1, 2)),
+            pooler_output=last.mean(dim=(1, 2)) if self.add_pooling_layer else None,
             hidden_states=tuple(after) if output_hidden_states else None,
-            reshaped_hidden_states=tuple(h.permute(0, 3, 1, 2) for h in after) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
+            reshaped_hidden_states=reshaped if output_hidden_states else None,
         )
 
 
 class NatForImageClassification(NatPreTrainedModel):
-    """NatModel + a linear head on the pooled features."""
+    """NatModel + a linear head on the pooled features (``nn.Identity`` if num_labels is 0)."""
+
+    _kind, _prefix = "classifier", "nat."
 
     def __init__(self, config: NatConfig):
         super().__init__()
         self.config = config
         self.nat = NatModel(config)
-        self.head = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(config.hidden_size, config.num_labels)
+            if config.num_labels > 0
+            else nn.Identity()
+        )
         self.head.apply(self._init_weights)
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> NatImageClassifierOutput:
-        out = self.nat(pixel_values, output_hidden_states, output_attentions)
-        logits = self.head(out.pooler_output)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> NatImageClassifierOutput:
+        """``labels``: class ids (B,) (-100 is ignored), soft targets (B, num_labels) such as
+        mixup's, or regression targets when num_labels is 1."""
+        out = self.nat(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = self.head(out.pooler_output)  # (B, num_labels)
         return NatImageClassifierOutput(
-            logits=logits,
             loss=None if labels is None else classification_loss(logits, labels),
+            logits=logits,
             hidden_states=out.hidden_states,
-            reshaped_hidden_states=out.reshaped_hidden_states,
             attentions=out.attentions,
+            reshaped_hidden_states=out.reshaped_hidden_states,
         )
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class ids (ignore_index -100) or soft targets (B, C); MSE if one output."""
-    if logits.shape[-1] == 1:
+    """MSE for one output; cross-entropy for class ids (ignore_index -100) or soft targets."""
+    if logits.shape[-1] == 1:  # regression, as transformers with num_labels == 1
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-    if labels.is_floating_point() and labels.shape == logits.shape:
+    if labels.is_floating_point():
+        if labels.shape != logits.shape:
+            raise ValueError(
+                "float labels are soft targets and must have the logits' shape "
+                f"{tuple(logits.shape)}, got labels.shape={tuple(labels.shape)}"
+            )
         return torch.sum(-labels * logits.log_softmax(-1), dim=-1).mean()
     return F.cross_entropy(logits, labels.view(-1), ignore_index=-100)
 
 
 class NatBackbone(NatPreTrainedModel):
-    """Multi-scale features for detection/segmentation: ``feature_maps`` in NCHW.
+    """Multi-scale features for detection/segmentation heads: ``feature_maps`` (B, C, h, w).
 
-    Stages are taken before downsampling, each through its own LayerNorm, as transformers does.
+    As transformers' NatBackbone: the stages selected by ``out_features``/``out_indices`` among
+    ``stage_names`` (``stem``, ``stage1``, ...), taken before downsampling, each through its own
+    LayerNorm; there is no final norm.
     """
+
+    _kind = "backbone"
 
     def __init__(self, config: NatConfig):
         super().__init__()
         self.config = config
-        self.nat = NatModel(config, add_final_norm=False)
-        self.channels = [config.embed_dim] + [config.embed_dim * 2**i for i in range(len(config.depths))]
-        self.out_norms = nn.ModuleDict({
-            name: nn.LayerNorm(self.channels[config.stage_names.index(name)]) for name in config.out_features
-        })
+        self.patch_embed = ConvTokenizer(config.num_channels, config.embed_dim)
+        self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
+        self.levels = _levels(config)
+        self.num_features = [config.embed_dim] + [
+            config.embed_dim * 2**i for i in range(len(config.depths))
+        ]
+        self.hidden_states_norms = nn.ModuleDict(
+            {
+                name: nn.LayerNorm(channels)
+                for name, channels in zip(config.out_features, self.channels)
+            }
+        )
+        self.init_weights()
 
     @property
-    def out_channels(self) -> list[int]:
-        return [self.channels[i] for i in self.config.out_indices]
+    def stage_names(self) -> list[str]:
+        return self.config.stage_names
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
-                output_attentions: bool = False) -> BackboneOutput:
-        after, before, attentions = self.nat.encode(pixel_values, output_attentions)
+    @property
+    def out_features(self) -> list[str]:
+        return self.config.out_features
+
+    @property
+    def out_indices(self) -> list[int]:
+        return self.config.out_indices
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each feature map, in out_indices order."""
+        return [self.num_features[i] for i in self.config.out_indices]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BackboneOutput:
+        _, before, attentions = self.forward_stages(pixel_values, output_attentions)
         maps = tuple(
-            self.out_norms[name](state).permute(0, 3, 1, 2).contiguous()
-            for name, state in zip(self.config.stage_names, before) if name in self.out_norms
+            self.hidden_states_norms[name](state).permute(0, 3, 1, 2).contiguous()  # (B, C, h, w)
+            for name, state in zip(self.stage_names, before)
+            if name in self.hidden_states_norms
         )
         return BackboneOutput(
             feature_maps=maps,

@@ -108,15 +108,15 @@ def _auto_tile(length: int, dilation: int) -> int:
 def _fold_groups(x: torch.Tensor, d: int) -> torch.Tensor:
     """(B, H, W, ...) -> (B*d*d, H/d, W/d, ...): each dilation group becomes an image."""
     b, h, w = x.shape[:3]
-    x = x.view(b, h // d, d, w // d, d, *x.shape[3:]).transpose(2, 3)  # (B, H/d, W/d, d, d, ...)
-    return x.movedim((3, 4), (1, 2)).reshape(b * d * d, h // d, w // d, *x.shape[5:])
+    x = x.view(-1, h // d, d, w // d, d, *x.shape[3:]).transpose(2, 3)  # (B, H/d, W/d, d, d, ...)
+    return x.movedim((3, 4), (1, 2)).reshape(-1, h // d, w // d, *x.shape[5:])
 
 
 def _unfold_groups(x: torch.Tensor, d: int, batch: int) -> torch.Tensor:
     """Inverse of :func:`_fold_groups` for (B*d*d, h, w, ...)."""
     h, w = x.shape[1:3]
-    x = x.view(batch, d, d, h, w, *x.shape[3:]).movedim((1, 2), (3, 4))  # (B, h, w, d, d, ...)
-    return x.transpose(2, 3).reshape(batch, h * d, w * d, *x.shape[5:])
+    x = x.view(-1, d, d, h, w, *x.shape[3:]).movedim((1, 2), (3, 4))  # (B, h, w, d, d, ...)
+    return x.transpose(2, 3).reshape(-1, h * d, w * d, *x.shape[5:])
 
 
 def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, th: int, tw: int):
@@ -127,8 +127,8 @@ def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, th: int, 
     b, h, w, heads, dim = x.shape
     n_th, n_tw = rows.numel() // th, cols.numel() // tw
     flat = rows.view(n_th, 1, th, 1) * w + cols.view(1, n_tw, 1, tw)  # (n_th, n_tw, th, tw)
-    x = x.reshape(b, h * w, heads * dim).index_select(1, flat.flatten())
-    return x.view(b, n_th * n_tw, th * tw, heads, dim).permute(0, 3, 1, 2, 4)
+    x = x.reshape(-1, h * w, heads * dim).index_select(1, flat.flatten())
+    return x.view(-1, n_th * n_tw, th * tw, heads, dim).permute(0, 3, 1, 2, 4)
 
 
 def _bias(rpb: torch.Tensor | None, rows: AxisTiles, cols: AxisTiles, heads: int, kernel_size: int, like):
@@ -184,8 +184,8 @@ def na2d_tiled(
     weights = logits.softmax(-1)
     out = torch.matmul(weights, v)  # (B, heads, n, T*T, D)
     n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
-    out = out.view(batch, heads, n_th, n_tw, rows.tile, cols.tile, head_dim)
-    out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(batch, n_th * rows.tile, n_tw * cols.tile, heads, head_dim)
+    out = out.view(-1, heads, n_th, n_tw, rows.tile, cols.tile, head_dim)
+    out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(-1, n_th * rows.tile, n_tw * cols.tile, heads, head_dim)
     out = _untile(out, rows, cols, 1, 2)
     if not return_weights:
         return out
@@ -202,7 +202,7 @@ def _untile(x: torch.Tensor, rows: AxisTiles, cols: AxisTiles, row_dim: int, col
 def _window_weights(weights, rows: AxisTiles, cols: AxisTiles, batch, heads, kernel_size):
     """Pick each query's k*k window out of its tile's weights -> (B, heads, H, W, k*k)."""
     n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
-    w = weights.view(batch, heads, n_th, n_tw, rows.tile, cols.tile, rows.region, cols.region)
+    w = weights.view(-1, heads, n_th, n_tw, rows.tile, cols.tile, rows.region, cols.region)
     sh, sw = rows.neighbor_slot, cols.neighbor_slot  # (n_t, T, k)
     a = torch.arange(n_th, device=w.device)[:, None, None, None, None, None]
     c = torch.arange(n_tw, device=w.device)[None, :, None, None, None, None]
