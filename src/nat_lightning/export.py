@@ -143,10 +143,7 @@ def write_hf_folder(model, checkpoint: dict, folder: Path) -> None:
 
 def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
     network = model.network
-    network.config.attention_backend = "torch"  # NATTEN's kernels do not export
-    for module in network.modules():
-        if hasattr(module, "backend"):
-            module.backend = "torch"
+    network.set_attention_backend("torch")  # NATTEN's kernels do not export
     dummy = torch.zeros(1, 3, image_size, image_size)
 
     class Logits(torch.nn.Module):
