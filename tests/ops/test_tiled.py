@@ -15,6 +15,7 @@ SHAPES = [  # (height, width, kernel_size, dilation, tile_size)
     (15, 14, 7, 2, 1),
     (28, 28, 7, 4, 7),
     (31, 29, 7, 1, 6),
+    (56, 57, 7, 1, 7),  # strided rows, indexed columns
 ]
 
 

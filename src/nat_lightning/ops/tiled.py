@@ -3,7 +3,7 @@
 Queries are cut into ``T x T`` tiles. The windows of a tile's queries all lie inside one
 ``(T+k-1) x (T+k-1)`` region of keys, so each tile is one small dense attention whose logits
 get the rpb added and everything outside each query's window set to ``-inf``. That turns the
-op into batched matmuls and a softmax, which BLAS and PyTorch's fused attention run well, and
+op into batched matmuls and a softmax, which BLAS runs well, and
 whose backward is ordinary autograd. Work and memory per query are ``(T+k-1)^2`` instead of
 ``k^2``: constant, so both grow linearly with the number of tokens.
 
@@ -107,12 +107,12 @@ def _auto_tile(length: int, dilation: int) -> int:
 
 def _fold_groups(x: torch.Tensor, d: int) -> torch.Tensor:
     """(B, H, W, ...) -> (B*d*d, H/d, W/d, ...): each dilation group becomes an image."""
-    b, h, w = x.shape[:3]
+    h, w = x.shape[1:3]
     x = x.view(-1, h // d, d, w // d, d, *x.shape[3:]).transpose(2, 3)  # (B, H/d, W/d, d, d, ...)
     return x.movedim((3, 4), (1, 2)).reshape(-1, h // d, w // d, *x.shape[5:])
 
 
-def _unfold_groups(x: torch.Tensor, d: int, batch: int) -> torch.Tensor:
+def _unfold_groups(x: torch.Tensor, d: int) -> torch.Tensor:
     """Inverse of :func:`_fold_groups` for (B*d*d, h, w, ...)."""
     h, w = x.shape[1:3]
     x = x.view(-1, d, d, h, w, *x.shape[3:]).movedim((1, 2), (3, 4))  # (B, h, w, d, d, ...)
@@ -131,7 +131,7 @@ def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, th: int, 
     return x.view(-1, n_th * n_tw, th * tw, heads, dim).permute(0, 3, 1, 2, 4)
 
 
-def _bias(rpb: torch.Tensor | None, rows: AxisTiles, cols: AxisTiles, heads: int, kernel_size: int, like):
+def _bias(rpb: torch.Tensor | None, rows: AxisTiles, cols: AxisTiles, kernel_size: int, like):
     """Additive logits bias per tile: rpb inside each window, -inf outside. (heads|1, n, T*T, R*R)."""
     if rpb is None:
         rpb = torch.zeros(1, 2 * kernel_size - 1, 2 * kernel_size - 1, device=like.device)
@@ -166,20 +166,18 @@ def na2d_tiled(
         folded = [_fold_groups(t, d) for t in (query, key, value)]
         result = na2d_tiled(*folded, kernel_size, 1, rpb, scale, return_weights, tile_size)
         if not return_weights:
-            return _unfold_groups(result, d, batch)
+            return _unfold_groups(result, d)
         out, weights = result
-        weights = _unfold_groups(weights.movedim(1, -2), d, batch).movedim(-2, 1)
-        return _unfold_groups(out, d, batch), weights
+        weights = _unfold_groups(weights.movedim(1, -2), d).movedim(-2, 1)
+        return _unfold_groups(out, d), weights
     dev = str(query.device)
     th, tw = tile_size or _auto_tile(height, d), tile_size or _auto_tile(width, d)
     rows = (strided_tiles(height, kernel_size, th, dev) if d == 1 else None) or axis_tiles(height, kernel_size, d, th, dev)
     cols = (strided_tiles(width, kernel_size, tw, dev) if d == 1 else None) or axis_tiles(width, kernel_size, d, tw, dev)
-    if rows.strided != cols.strided:  # the output needs one kind of untiling: index both axes
-        rows, cols = axis_tiles(height, kernel_size, d, th, dev), axis_tiles(width, kernel_size, d, tw, dev)
     q = _to_tiles(query, rows.query_index, cols.query_index, rows.tile, cols.tile)
     k = _to_tiles(key, rows.key_index, cols.key_index, rows.region, cols.region)
     v = _to_tiles(value, rows.key_index, cols.key_index, rows.region, cols.region)
-    bias = _bias(rpb, rows, cols, heads, kernel_size, query)  # (heads|1, n, T*T, R*R)
+    bias = _bias(rpb, rows, cols, kernel_size, query)  # (heads|1, n, T*T, R*R)
     logits = torch.matmul(q * scale, k.transpose(-1, -2)) + bias  # (B, heads, n, T*T, R*R)
     weights = logits.softmax(-1)
     out = torch.matmul(weights, v)  # (B, heads, n, T*T, D)
@@ -193,10 +191,10 @@ def na2d_tiled(
 
 
 def _untile(x: torch.Tensor, rows: AxisTiles, cols: AxisTiles, row_dim: int, col_dim: int) -> torch.Tensor:
-    """Drop padding query slots: a slice for strided tiles, a gather for indexed ones."""
-    if rows.strided:
-        return x.narrow(row_dim, 0, rows.inverse.numel()).narrow(col_dim, 0, cols.inverse.numel())
-    return x.index_select(row_dim, rows.inverse).index_select(col_dim, cols.inverse)
+    """Drop padding query slots, per axis: a slice for strided tiles, a gather for indexed ones."""
+    for tiles, dim in ((rows, row_dim), (cols, col_dim)):
+        x = x.narrow(dim, 0, tiles.inverse.numel()) if tiles.strided else x.index_select(dim, tiles.inverse)
+    return x
 
 
 def _window_weights(weights, rows: AxisTiles, cols: AxisTiles, batch, heads, kernel_size):
