@@ -1,7 +1,8 @@
 """Neighborhood attention as pure functions, and the one function that picks a backend.
 
 Backends:
-- ``"torch"``: :func:`na2d_tiled`, pure PyTorch, any device, forward and backward, rpb, dilation.
+- ``"torch"``: :func:`na2d_torch`, pure PyTorch, any device, forward and backward, rpb, dilation:
+  the row kernel (:mod:`.rows`) where it applies, the tiled kernel (:mod:`.tiled`) elsewhere.
 - ``"natten"``: NATTEN >= 0.21, only where it can run the call fully (no rpb; backward on CUDA).
 - ``"flex"``: :func:`na2d_flex`, FlexAttention with a window block mask and an rpb
   ``score_mod``; for GPUs (compiled); forward-only on the CPU. Never picked by ``auto``.
@@ -17,6 +18,7 @@ from .checks import check_na2d_args
 from .flex import na2d_flex
 from .natten_adapter import na2d_natten, natten_unavailable
 from .reference import na2d_reference
+from .rows import na2d_torch
 from .tiled import na2d_tiled
 
 BACKENDS = ("auto", "torch", "natten", "flex", "reference")
@@ -70,8 +72,8 @@ def na2d(
         return na2d_natten(query, key, value, kernel_size, dilation, scale)
     if name == "flex":
         return na2d_flex(query, key, value, kernel_size, dilation, rpb, scale)
-    impl = na2d_reference if name == "reference" else na2d_tiled
+    impl = na2d_reference if name == "reference" else na2d_torch
     return impl(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
 
 
-__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_natten", "na2d_reference", "na2d_tiled", "select_backend"]
+__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_natten", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]

@@ -1,0 +1,251 @@
+"""The fast pure-PyTorch neighborhood attention: one query row at a time, in cache.
+
+The map is cut into column strips of ``T`` queries. The windows of query row ``i`` in strip
+``s`` all lie in rows ``start(i) .. start(i)+k-1`` of the strip's key region, the ``T+k-1``
+columns around the strip over the full height. With each strip's keys laid out as
+``(D, row, column)``, those ``k`` rows are one contiguous slice, so each query row is one batched
+matmul over all (batch, head, strip) that reads its keys in place.
+
+Each row's logits are ``(T, k*(T+k-1))`` per strip: exact along rows, ``(T+k-1)/k`` padded along
+columns (1.86x for k=7, T=7, against 3.4x for square tiles), and small enough to stay in cache
+while the bias is added and the softmax taken in place. The backward is FlashAttention's: it
+recomputes the logits, takes ``dS = P * (dP - rowsum(dO * O))``, and gets each key row's
+gradients from one matmul over all the query rows that read it; no logits are stored.
+
+Serves dilation 1, and dilation ``d`` when ``d`` divides the map (the groups are folded into the
+batch); :func:`na2d_torch` sends every other call to :func:`.na2d_tiled`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_na2d_args
+from .tiled import _auto_tile, _fold_groups, _unfold_groups, na2d_tiled, strided_tiles
+from .windows import window_start
+
+
+class RowGeometry(NamedTuple):
+    """Where every query row reads, for one (height, width, k, T) map; cached across calls."""
+
+    tile: int  # queries per strip row, T
+    region: int  # key columns per strip, R = T + k - 1; strip s starts at column s*T - k//2
+    strips: int  # column strips, n (the last one may hold pad columns past the border)
+    starts: tuple[int, ...]  # first window row of every query row
+    first_reader: tuple[int, ...]  # first query row whose window holds each key row
+    last_reader: tuple[int, ...]  # last such query row
+    bias_index: torch.Tensor  # (H, n, T, k*R) into the (2k)^2 bias table; column 2k-1 = masked
+
+
+def row_geometry(height: int, width: int, kernel_size: int, tile: int, device) -> RowGeometry | None:
+    """The geometry of the row kernel; None where strips of ``tile`` columns miss a window."""
+    return _row_geometry(height, width, kernel_size, tile, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _row_geometry(height, width, kernel_size, tile, device) -> RowGeometry | None:
+    k = kernel_size
+    cols = strided_tiles(width, k, tile, "cpu")  # column strips: bias and masks per (strip, query, key)
+    if cols is None or height < k:
+        return None
+    n, region = cols.bias_index.shape[0], cols.region
+    starts = window_start(height, k, 1)
+    row = torch.arange(height)
+    row_bias = k - 1 + starts[:, None] + torch.arange(k) - row[:, None]  # (H, k) in [0, 2k-2]
+    # (H, 1, 1, k, 1) x (1, n, T, 1, R) -> (H, n, T, k*R)
+    bias_index = row_bias[:, None, None, :, None] * (2 * k) + cols.bias_index[None, :, :, None, :]
+    reads = (starts[:, None] <= row) & (row < starts[:, None] + k)  # (query row, key row)
+    readers = [reads[:, m].nonzero().flatten().tolist() for m in range(height)]
+    return RowGeometry(tile, region, n, tuple(starts.tolist()), tuple(x[0] for x in readers),
+                       tuple(x[-1] for x in readers), bias_index.reshape(height, n, tile, -1).to(device))
+
+
+def _bias(rpb: torch.Tensor | None, geo: RowGeometry, heads: int, kernel_size: int, like: torch.Tensor):
+    """rpb inside every window, -inf outside: (H, heads*n, T, k*R), like's dtype."""
+    k = kernel_size
+    if rpb is None:
+        rpb = torch.zeros(heads, 2 * k - 1, 2 * k - 1, device=like.device)
+    table = F.pad(rpb.to(like.dtype), (0, 1, 0, 1), value=float("-inf")).reshape(heads, -1)
+    bias = table[:, geo.bias_index]  # (heads, H, n, T, k*R)
+    return bias.transpose(0, 1).reshape(geo.bias_index.shape[0], heads * geo.strips, geo.tile, -1)
+
+
+# -- layouts: (B, H, W, heads, D) maps <-> per-strip tensors, N = B*heads*n ----------------------
+
+
+def _query_rows(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
+    """(B, H, W, heads, D) -> (N, H, T, D); pad columns past the border are zeros."""
+    b, h, w, heads, dim = x.shape
+    x = F.pad(x, (0, 0, 0, 0, 0, geo.strips * geo.tile - w))
+    return x.view(b, h, geo.strips, geo.tile, heads, dim).permute(0, 4, 2, 1, 3, 5).reshape(-1, h, geo.tile, dim)
+
+
+def _from_query_rows(x: torch.Tensor, shape) -> torch.Tensor:
+    """(H, N, T, D) -> (B, H, W, heads, D), dropping pad columns."""
+    b, h, w, heads, dim = shape
+    x = x.view(h, b, heads, -1, x.shape[2], dim).permute(1, 0, 3, 4, 2, 5)  # (B, H, n, T, heads, D)
+    return x.reshape(b, h, -1, heads, dim)[:, :, :w]
+
+
+def _key_strips(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
+    """(B, H, W, heads, D) -> (N, D, H*R): every strip's key region, transposed.
+
+    Columns off the map are zeros; the bias masks them. Transposed because
+    ``q @ keys[:, window].transpose(1, 2)`` on row-major keys measured 4x slower in bmm.
+    """
+    b, h, w, heads, dim = x.shape
+    half = (geo.region - geo.tile) // 2
+    x = F.pad(x, (0, 0, 0, 0, half, geo.strips * geo.tile + half - w))  # (B, H, n*T + 2*half, heads, D)
+    s = x.stride()
+    x = x.as_strided((b, heads, geo.strips, dim, h, geo.region), (s[0], s[3], geo.tile * s[2], s[4], s[1], s[2]))
+    return x.reshape(-1, dim, h * geo.region)
+
+
+def _from_key_rows(x: torch.Tensor, shape, geo: RowGeometry) -> torch.Tensor:
+    """(H, N, R, D) per-strip key gradients -> (B, H, W, heads, D), summing where strips overlap."""
+    b, h, w, heads, dim = shape
+    t, r, n = geo.tile, geo.region, geo.strips
+    half = (r - t) // 2
+    full = x.new_zeros(b, h, n * t + 2 * half, heads, dim)
+    s = full.stride()
+    x = x.view(h, b, heads, n, r, dim)
+    step = -(-r // t)  # strips this far apart do not overlap: add them in `step` rounds
+    for first in range(step):
+        count = len(range(first, n, step))
+        view = full[:, :, first * t :].as_strided(
+            (h, b, heads, count, r, dim), (s[1], s[0], s[3], step * t * s[2], s[2], s[4]))
+        view.add_(x[:, :, :, first::step])
+    return full[:, :, half : half + w]
+
+
+# -- the op -------------------------------------------------------------------------------------
+
+
+def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry, keep_probs: bool):
+    """The forward, row by row. Returns the tensors the backward needs; ``out`` is (H, N, T, D).
+
+    With ``keep_probs`` every row's softmax is kept, (H, N, T, k*R), for the backward; without it
+    (inference) each row's lives in one reused, cache-sized buffer.
+    """
+    batch, height, width, heads, dim = query.shape
+    k, r = kernel_size, geo.region
+    q = _query_rows(query, geo).mul_(scale)  # (N, H, T, D)
+    keys, values = _key_strips(key, geo), _key_strips(value, geo)  # (N, D, H*R)
+    bias = _bias(rpb, geo, heads, k, query)  # (H, heads*n, T, k*R)
+    out = query.new_empty(height, q.shape[0], geo.tile, dim)  # (H, N, T, D)
+    probs = query.new_empty(height if keep_probs else 1, q.shape[0], geo.tile, k * r)
+    for i, s in enumerate(geo.starts):
+        window, p = slice(s * r, (s + k) * r), probs[i if keep_probs else 0]
+        torch.bmm(q[:, i], keys[:, :, window], out=p)
+        p.view(batch, *bias.shape[1:]).add_(bias[i])
+        torch.ops.aten._softmax.out(p, -1, False, out=p)
+        torch.bmm(p, values[:, :, window].transpose(1, 2), out=out[i])
+    return q, keys, values, probs, out
+
+
+class _RowAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry):
+        q, keys, values, probs, out = _row_forward(query, key, value, rpb, kernel_size, scale, geo, True)
+        ctx.save_for_backward(q, keys, values, probs, out, rpb)
+        ctx.geo, ctx.shape, ctx.kernel_size, ctx.scale = geo, query.shape, kernel_size, scale
+        return _from_query_rows(out, query.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, keys, values, probs, out, rpb = ctx.saved_tensors
+        geo, shape, k, r = ctx.geo, ctx.shape, ctx.kernel_size, ctx.geo.region
+        batch, height = shape[:2]
+        grad_o = _query_rows(grad_out, geo)  # (N, H, T, D); zero on pad columns, so they add nothing
+        grad_q = torch.empty_like(out)  # (H, N, T, D), by query row
+        grad_k, grad_v = q.new_empty(height, q.shape[0], r, q.shape[-1]), q.new_empty(height, q.shape[0], r, q.shape[-1])
+        want_rpb = rpb is not None and ctx.needs_input_grad[3]
+        acc = torch.promote_types(q.dtype, torch.float32)  # bf16 sums over the batch lose too much
+        grad_bias = q.new_empty(height, q.shape[0] // batch, *probs.shape[2:], dtype=acc) if want_rpb else None
+        # rowsum(dP * P) = rowsum(dO * O): (N, H, T, 1)
+        delta = (grad_o * out.transpose(0, 1)).sum(-1, keepdim=True)
+        grads, done = {}, 0  # per query row: (dS, P), kept until every key row they touch is done
+        for i, s in enumerate(geo.starts):
+            window = slice(s * r, (s + k) * r)
+            grad_s = torch.bmm(grad_o[:, i], values[:, :, window]).sub_(delta[:, i]).mul_(probs[i])
+            if want_rpb:
+                grad_bias[i] = grad_s.view(batch, -1, *grad_s.shape[1:]).sum(0, dtype=acc)
+            torch.bmm(grad_s, keys[:, :, window].transpose(1, 2), out=grad_q[i])
+            grads[i] = grad_s, probs[i]
+            while done < height and geo.last_reader[done] == i:  # key row `done` has all its readers
+                _key_row_grads(done, geo, grads, q, grad_o, grad_k[done], grad_v[done])
+                done += 1
+            for j in [j for j in grads if geo.starts[j] + k <= done]:
+                del grads[j]
+        grad_query = _from_query_rows(grad_q.mul_(ctx.scale), shape)
+        grad_key, grad_value = _from_key_rows(grad_k, shape, geo), _from_key_rows(grad_v, shape, geo)
+        grad_rpb = _rpb_grad(grad_bias, geo, rpb, k) if want_rpb else None
+        return grad_query, grad_key, grad_value, grad_rpb, None, None, None
+
+
+def _key_row_grads(row: int, geo: RowGeometry, grads: dict, q, grad_o, grad_k, grad_v) -> None:
+    """dK and dV of key row ``row`` of every strip, from all the query rows that read it.
+
+    One matmul over (reader rows x T) queries each, ``(N, R, c*T) @ (N, c*T, D)``, written once,
+    instead of adding ``k`` thin ``(N, k*R, T) @ (N, T, D)`` products per query row.
+    """
+    first, last, r = geo.first_reader[row], geo.last_reader[row], geo.region
+    cols = [slice((row - geo.starts[j]) * r, (row - geo.starts[j] + 1) * r) for j in range(first, last + 1)]
+    readers = list(zip(range(first, last + 1), cols))
+    grad_s = torch.cat([grads[j][0][:, :, c] for j, c in readers], 1)  # (N, c*T, R)
+    probs = torch.cat([grads[j][1][:, :, c] for j, c in readers], 1)
+    n, dim = q.shape[0], q.shape[-1]
+    torch.bmm(grad_s.transpose(1, 2), q[:, first : last + 1].reshape(n, -1, dim), out=grad_k)
+    torch.bmm(probs.transpose(1, 2), grad_o[:, first : last + 1].reshape(n, -1, dim), out=grad_v)
+
+
+def _rpb_grad(grad_bias: torch.Tensor, geo: RowGeometry, rpb: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Sum the per-slot bias gradients into the (heads, 2k-1, 2k-1) table."""
+    heads, size = rpb.shape[0], 2 * kernel_size
+    grad = grad_bias.view(geo.bias_index.shape[0], heads, -1).transpose(0, 1).reshape(heads, -1)
+    table = grad.new_zeros(heads, size * size).index_add_(1, geo.bias_index.flatten(), grad)
+    return table.view(heads, size, size)[:, : size - 1, : size - 1].to(rpb.dtype)
+
+
+def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tensor:
+    """Plain attention with rpb, for maps of exactly ``k x k``: (B, k, k, heads, D) in and out."""
+    b, k, _, heads, dim = query.shape
+    q, keys, values = (x.reshape(b, k * k, heads, dim).transpose(1, 2) for x in (query, key, value))
+    logits = torch.matmul(q * scale, keys.transpose(-1, -2))  # (B, heads, k*k, k*k)
+    if rpb is not None:
+        pos = torch.arange(k, device=query.device)
+        rel = pos[None, :] - pos[:, None] + k - 1  # (query, key) offset index along one axis
+        logits = logits + rpb[:, rel[:, None, :, None], rel[None, :, None, :]].reshape(heads, k * k, k * k)
+    out = torch.matmul(logits.softmax(-1), values)  # (B, heads, k*k, D)
+    return out.transpose(1, 2).reshape(b, k, k, heads, dim)
+
+
+def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None, scale: float | None = None,
+               return_weights: bool = False, tile_size: int | None = None):
+    """The torch backend: the row kernel where it applies, :func:`.na2d_tiled` everywhere else.
+
+    Same arguments as :func:`nat_lightning.ops.na2d`; ``tile_size`` is the strip width.
+    """
+    check_na2d_args(query, key, value, kernel_size, dilation, rpb)
+    height, width, head_dim = query.shape[1], query.shape[2], query.shape[-1]
+    scale = head_dim**-0.5 if scale is None else scale
+    d = dilation
+    if return_weights or height % d or width % d:
+        return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
+    if d > 1:  # dilation groups as separate images
+        folded = [_fold_groups(x, d) for x in (query, key, value)]
+        return _unfold_groups(na2d_torch(*folded, kernel_size, 1, rpb, scale, tile_size=tile_size), d)
+    if height == width == kernel_size:  # every window is the whole map
+        return _dense(query, key, value, rpb, kernel_size, scale)
+    geo = row_geometry(height, width, kernel_size, tile_size or _auto_tile(width, 1), query.device)
+    if geo is None:
+        return na2d_tiled(query, key, value, kernel_size, 1, rpb, scale)
+    inputs = (query, key, value) if rpb is None else (query, key, value, rpb)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        return _RowAttention.apply(query, key, value, rpb, kernel_size, scale, geo)
+    out = _row_forward(query, key, value, rpb, kernel_size, scale, geo, keep_probs=False)[-1]
+    return _from_query_rows(out, query.shape)

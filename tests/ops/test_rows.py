@@ -1,0 +1,104 @@
+"""The row kernel (the torch backend's fast path) against the reference: values and gradients."""
+
+import pytest
+import torch
+
+from nat_lightning.ops import na2d_reference, na2d_torch
+from nat_lightning.ops import rows as rows_module
+from nat_lightning.ops.rows import row_geometry
+from nat_lightning.ops.tiled import _auto_tile
+
+SHAPES = [  # (height, width, kernel_size, dilation, tile_size or None for the default)
+    (14, 14, 7, 1, None),  # border rows only: every query row has a clamped window
+    (29, 20, 7, 1, None),  # interior rows, and a last strip with a pad column
+    (15, 20, 7, 1, 4),  # strips overlap their second neighbour (T < k - 1)
+    (15, 20, 7, 1, 8),
+    (9, 11, 5, 1, None),
+    (8, 9, 3, 1, 4),
+    (28, 28, 7, 2, None),  # dilation groups folded into the batch
+    (16, 18, 3, 2, None),
+]
+
+
+def _inputs(height, width, kernel_size, dtype=torch.float64, batch=2, heads=3, head_dim=4):
+    q, k, v = (torch.randn(batch, height, width, heads, head_dim, dtype=dtype) for _ in range(3))
+    rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=dtype)
+    return q, k, v, rpb
+
+
+def _forward_and_grads(impl, inputs, *args, **kwargs):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = impl(*leaves[:3], *args, leaves[3], **kwargs)
+    grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    return [out, *torch.autograd.grad(out, leaves, grad)]
+
+
+def test_shapes_take_the_row_kernel():
+    """Every case above runs the row kernel, not the tiled fallback."""
+    for h, w, k, d, t in SHAPES:
+        geo = row_geometry(h // d, w // d, k, t or _auto_tile(w // d, 1), "cpu")
+        assert geo is not None, (h, w, k, d, t)
+    assert row_geometry(29, 20, 7, 7, "cpu").strips * 7 == 21
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES)
+def test_forward_and_gradients_match_reference(height, width, kernel_size, dilation, tile_size):
+    torch.manual_seed(0)
+    inputs = _inputs(height, width, kernel_size)
+    got = _forward_and_grads(na2d_torch, inputs, kernel_size, dilation, tile_size=tile_size)
+    expected = _forward_and_grads(na2d_reference, inputs, kernel_size, dilation)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES[:3] + SHAPES[-1:])
+def test_inference_path_matches_reference_without_rpb(height, width, kernel_size, dilation, tile_size):
+    """No gradient needed: the forward reuses one row buffer instead of keeping the softmax."""
+    torch.manual_seed(0)
+    q, k, v, _ = _inputs(height, width, kernel_size)
+    with torch.no_grad():
+        got = na2d_torch(q, k, v, kernel_size, dilation, tile_size=tile_size)
+    torch.testing.assert_close(got, na2d_reference(q, k, v, kernel_size, dilation))
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_whole_map_windows_take_dense_attention(dilation, monkeypatch):
+    """A k x k map (per dilation group) is plain attention; the row loop must not run."""
+    torch.manual_seed(0)
+    inputs = _inputs(7 * dilation, 7 * dilation, 7)
+    monkeypatch.setattr(rows_module, "_row_forward", None)  # would raise if called
+    got = _forward_and_grads(na2d_torch, inputs, 7, dilation)
+    expected = _forward_and_grads(na2d_reference, inputs, 7, dilation)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_fp64():
+    torch.manual_seed(0)
+    inputs = [t.requires_grad_() for t in _inputs(9, 10, 3, batch=1, heads=2, head_dim=3)]
+
+    def fn(q, k, v, rpb):
+        return na2d_torch(q, k, v, 3, 1, rpb, tile_size=4)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_bf16_close_to_fp64():
+    torch.manual_seed(0)
+    inputs = _inputs(21, 21, 7)
+    expected = _forward_and_grads(na2d_reference, inputs, 7, 1)
+    got = _forward_and_grads(na2d_torch, [t.bfloat16() for t in inputs], 7, 1)
+    assert got[0].dtype == torch.bfloat16 and got[4].dtype == torch.bfloat16
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.double(), b, atol=6e-2, rtol=6e-2)
+
+
+def test_falls_back_to_tiled_where_rows_cannot_serve():
+    """Dilation that does not divide the map, and attention weights, go to the tiled kernel."""
+    torch.manual_seed(0)
+    q, k, v, rpb = _inputs(13, 11, 5)
+    torch.testing.assert_close(na2d_torch(q, k, v, 5, 2, rpb), na2d_reference(q, k, v, 5, 2, rpb))
+    out, weights = na2d_torch(q, k, v, 5, 1, rpb, return_weights=True)
+    ref_out, ref_weights = na2d_reference(q, k, v, 5, 1, rpb, return_weights=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_weights)
