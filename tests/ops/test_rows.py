@@ -14,7 +14,7 @@ SHAPES = [  # (height, width, kernel_size, dilation, tile_size or None for the d
     (15, 20, 7, 1, 4),  # strips overlap their second neighbour (T < k - 1)
     (15, 20, 7, 1, 8),
     (9, 11, 5, 1, None),
-    (8, 9, 3, 1, 4),
+    (8, 10, 3, 1, 4),
     (28, 28, 7, 2, None),  # dilation groups folded into the batch
     (16, 18, 3, 2, None),
 ]
