@@ -2,6 +2,7 @@
 
     python experiments/bench_model.py                 # ~15 min on 2 cores
     python experiments/bench_model.py --steps 4 --repeats 1   # a quick look
+    python experiments/bench_model.py --sweep 4,8,16,32       # train img/s against batch size, plot
 
 Every measurement runs in its own subprocess, NAT and Swin alternating, so both see the same
 machine state. Swin-T is timm's ``swin_tiny_patch4_window7_224``; timm needs torchvision, which
@@ -138,6 +139,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="alternating NAT/Swin measurements per mode")
     p.add_argument("--backend", default="auto", help="NAT attention backend")
     p.add_argument("--no-lightning", action="store_true")
+    p.add_argument("--sweep", help="comma-separated batch sizes: training img/s of both models, and a plot")
     a = p.parse_args()
     if a.worker is not None:
         name, mode = a.worker
@@ -146,6 +148,8 @@ def main():
         print(json.dumps(result))
         return
     timm_python = str(ensure_timm_venv())
+    if a.sweep:
+        return sweep([int(b) for b in a.sweep.split(",")], a, timm_python)
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", a.backend]
     results: dict[tuple[str, str], list[float]] = {}
     for mode in ("train", "infer"):
@@ -171,6 +175,38 @@ def main():
         plain = statistics.median(results[("nat_mini", "train")][-a.repeats:])
         light = med[("nat_mini", "lightning")]
         print(f"\nLightning Trainer vs plain loop (NAT-Mini train): {light:.2f} vs {plain:.2f} img/s = {light / plain:.3f}")
+
+
+def sweep(batches: list[int], a, timm_python: str):
+    """Training images/s against batch size, NAT-Mini and Swin-T alternating; writes model_batch.png."""
+    results: dict[str, list[float]] = {"nat_mini": [], "swin_t": []}
+    for batch in batches:
+        common = ["--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", a.backend]
+        for name, python in (("nat_mini", sys.executable), ("swin_t", timm_python)):
+            runs = [run_worker(python, name, "train", *common)["img_s"] for _ in range(a.repeats)]
+            results[name].append(statistics.median(runs))
+        print(f"  batch {batch}: NAT-Mini {results['nat_mini'][-1]:.2f} img/s, Swin-T {results['swin_t'][-1]:.2f}",
+              flush=True)
+    print("\n| batch | NAT-Mini img/s | Swin-T img/s | NAT / Swin |")
+    print("|---:|---:|---:|---:|")
+    for i, batch in enumerate(batches):
+        n, s = results["nat_mini"][i], results["swin_t"][i]
+        print(f"| {batch} | {n:.2f} | {s:.2f} | {n / s:.2f}x |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, label in (("nat_mini", "NAT-Mini (nat_lightning)"), ("swin_t", "Swin-T (timm)")):
+        ax.plot(batches, results[name], marker="o", label=label)
+    ax.set(xscale="log", xlabel="batch size", ylabel="training images/s", title="fp32 training step, 224 px, CPU")
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "model_batch.png", dpi=110)
+    print("wrote experiments/model_batch.png")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Neighborhood attention op on CPU: the tiled torch backend against a naive gather, and memory
+"""Neighborhood attention op on CPU: the torch backend against a naive gather, and memory
 against full self-attention.
 
     python experiments/bench_op.py            # full run (~4 min on 2 cores), writes op_*.png
@@ -7,6 +7,9 @@ against full self-attention.
 Time: forward+backward with rpb, median of repeats after one warm-up, same process, same inputs.
 "Naive gather" is nat_lightning.ops.na2d_reference: it gathers each query's k*k keys and values
 into a (B, H, W, k, k, heads, D) tensor and runs einsums; its backward scatters them back.
+"torch backend" is what ``backend="torch"`` (and ``auto`` off CUDA) runs: the row kernel,
+ops/rows.py. "tiled" is the previous kernel, ops/tiled.py, still the fallback for attention
+weights and dilations that do not divide the map.
 Memory: peak resident memory growth during one forward+backward, each case in a fresh
 subprocess (VmHWM reset through /proc/self/clear_refs), inputs excluded.
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from nat_lightning.ops import na2d_reference, na2d_tiled
+from nat_lightning.ops import na2d_reference, na2d_tiled, na2d_torch
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {  # name: (batch, side, heads, head_dim), kernel 7, as in NAT-Mini at 224 px
@@ -41,7 +44,8 @@ def full_attention(q, k, v, kernel_size, dilation, rpb):
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, h, w, heads, d)
 
 
-IMPLS = {"naive gather": na2d_reference, "tiled (torch backend)": na2d_tiled, "full self-attention": full_attention}
+IMPLS = {"naive gather": na2d_reference, "torch backend": na2d_torch, "tiled": na2d_tiled,
+         "full self-attention": full_attention}
 
 
 def inputs(batch, side, heads, dim, dtype, kernel_size=7):
@@ -101,15 +105,17 @@ def main():
     repeats = 3 if args.quick else 7
     torch.manual_seed(0)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("\n### Forward+backward with rpb, k=7: median ms, ratio = naive / tiled\n")
-    print("| shape | dtype | naive gather ms | tiled ms | speed-up |")
-    print("|---|---|---:|---:|---:|")
+    print("\n### Forward+backward with rpb, k=7: median ms, speed-up = naive / torch backend\n")
+    print("| shape | dtype | naive gather ms | tiled ms | torch backend ms | speed-up |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, shape in SHAPES.items():
         for dtype in (torch.float32, torch.bfloat16):
             data = inputs(*shape, dtype)
             naive = median_seconds(na2d_reference, data, repeats)
-            fast = median_seconds(na2d_tiled, data, repeats)
-            print(f"| {name} {shape} | {str(dtype)[6:]} | {naive * 1e3:.0f} | {fast * 1e3:.1f} | {naive / fast:.1f}x |")
+            tiled = median_seconds(na2d_tiled, data, repeats)
+            fast = median_seconds(na2d_torch, data, repeats)
+            print(f"| {name} {shape} | {str(dtype)[6:]} | {naive * 1e3:.0f} | {tiled * 1e3:.1f} | {fast * 1e3:.1f} "
+                  f"| {naive / fast:.1f}x |")
 
     sides = [14, 28, 56, 112, 224]
     full_max = 112  # full self-attention at 224^2 would need ~40 GB of scores

@@ -102,3 +102,18 @@ def test_falls_back_to_tiled_where_rows_cannot_serve():
     ref_out, ref_weights = na2d_reference(q, k, v, 5, 1, rpb, return_weights=True)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(weights, ref_weights)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_inputs_are_left_untouched(grad):
+    """With one image and one strip the query rows can be a view of the input; the scale must
+    still not be applied to the caller's tensor."""
+    torch.manual_seed(0)
+    inputs = [t.requires_grad_(grad) for t in _inputs(8, 8, 7, batch=1, heads=1)]
+    before = [t.detach().clone() for t in inputs]
+    out = na2d_torch(*inputs[:3], 7, 1, inputs[3])
+    if grad:
+        out.sum().backward()
+    for t, b in zip(inputs, before):
+        assert torch.equal(t.detach(), b)
+    torch.testing.assert_close(out, na2d_reference(*inputs[:3], 7, 1, inputs[3]))

@@ -44,7 +44,7 @@ def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool 
         if reason is not None:
             raise ValueError(f"backend='natten' cannot serve this call: {reason}")
         return "natten"
-    # auto: off CUDA NATTEN's fallback is quadratic, so the tiled kernel always wins there
+    # auto: off CUDA NATTEN's fallback is quadratic, so the torch kernels always win there
     return "natten" if reason is None and query.device.type == "cuda" else "torch"
 
 

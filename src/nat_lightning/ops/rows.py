@@ -78,10 +78,13 @@ def _bias(rpb: torch.Tensor | None, geo: RowGeometry, heads: int, kernel_size: i
 
 
 def _query_rows(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
-    """(B, H, W, heads, D) -> (N, H, T, D); pad columns past the border are zeros."""
+    """(B, H, W, heads, D) -> a new (N, H, T, D), never a view of ``x``; pad columns are zeros."""
     b, h, w, heads, dim = x.shape
-    x = F.pad(x, (0, 0, 0, 0, 0, geo.strips * geo.tile - w))
-    return x.view(b, h, geo.strips, geo.tile, heads, dim).permute(0, 4, 2, 1, 3, 5).reshape(-1, h, geo.tile, dim)
+    if geo.strips * geo.tile > w:
+        x = F.pad(x, (0, 0, 0, 0, 0, geo.strips * geo.tile - w))
+    rows = x.new_empty(b, heads, geo.strips, h, geo.tile, dim)
+    rows.copy_(x.view(b, h, geo.strips, geo.tile, heads, dim).permute(0, 4, 2, 1, 3, 5))
+    return rows.view(-1, h, geo.tile, dim)
 
 
 def _from_query_rows(x: torch.Tensor, shape) -> torch.Tensor:
@@ -224,9 +227,15 @@ def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tens
     return out.transpose(1, 2).reshape(b, k, k, heads, dim)
 
 
+def _rows_fastest(query: torch.Tensor) -> bool:
+    """The row kernel beats the tiled one for fp32/fp64 on the CPU (experiments/README.md); its
+    small bf16 matmuls measured slower there, and on GPUs its per-row launches would dominate."""
+    return query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
+
+
 def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None, scale: float | None = None,
                return_weights: bool = False, tile_size: int | None = None):
-    """The torch backend: the row kernel where it applies, :func:`.na2d_tiled` everywhere else.
+    """The torch backend: the row kernel where it applies and is fastest, :func:`.na2d_tiled` elsewhere.
 
     Same arguments as :func:`nat_lightning.ops.na2d`; ``tile_size`` is the strip width.
     """
@@ -242,7 +251,7 @@ def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None,
     if height == width == kernel_size:  # every window is the whole map
         return _dense(query, key, value, rpb, kernel_size, scale)
     geo = row_geometry(height, width, kernel_size, tile_size or _auto_tile(width, 1), query.device)
-    if geo is None:
+    if geo is None or not _rows_fastest(query):
         return na2d_tiled(query, key, value, kernel_size, 1, rpb, scale)
     inputs = (query, key, value) if rpb is None else (query, key, value, rpb)
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):

@@ -1,4 +1,7 @@
-"""The fast pure-PyTorch neighborhood attention: dense attention on tiles, masked to the windows.
+"""The general pure-PyTorch neighborhood attention: dense attention on tiles, masked to the windows.
+
+It serves what the faster row kernel (:mod:`.rows`) does not: attention weights, and dilations
+that do not divide the map.
 
 Queries are cut into ``T x T`` tiles. The windows of a tile's queries all lie inside one
 ``(T+k-1) x (T+k-1)`` region of keys, so each tile is one small dense attention whose logits
