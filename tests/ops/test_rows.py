@@ -5,8 +5,7 @@ import torch
 
 from nat_lightning.ops import na2d_reference, na2d_torch
 from nat_lightning.ops import rows as rows_module
-from nat_lightning.ops.rows import row_geometry
-from nat_lightning.ops.tiled import _auto_tile
+from nat_lightning.ops.rows import _strip_width, row_geometry
 
 SHAPES = [  # (height, width, kernel_size, dilation, tile_size or None for the default)
     (14, 14, 7, 1, None),  # border rows only: every query row has a clamped window
@@ -36,9 +35,11 @@ def _forward_and_grads(impl, inputs, *args, **kwargs):
 def test_shapes_take_the_row_kernel():
     """Every case above runs the row kernel, not the tiled fallback."""
     for h, w, k, d, t in SHAPES:
-        geo = row_geometry(h // d, w // d, k, t or _auto_tile(w // d, 1), "cpu")
+        geo = row_geometry(h // d, w // d, k, t or _strip_width(w // d), "cpu")
         assert geo is not None, (h, w, k, d, t)
-    assert row_geometry(29, 20, 7, 7, "cpu").strips * 7 == 21
+    assert _strip_width(20) == 7 and row_geometry(29, 20, 7, 7, "cpu").strips * 7 == 21
+    uniform = row_geometry(29, 20, 7, 7, "cpu").uniform  # key rows read through a strided view
+    assert uniform == tuple(7 <= m <= 21 for m in range(29))  # key row 6 is also read by rows 0-2
 
 
 @pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES)

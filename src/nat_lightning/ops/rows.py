@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_na2d_args
-from .tiled import _auto_tile, _fold_groups, _unfold_groups, na2d_tiled, strided_tiles
+from .tiled import _fold_groups, _unfold_groups, na2d_tiled, strided_tiles
 from .windows import window_start
 
 
@@ -38,6 +38,7 @@ class RowGeometry(NamedTuple):
     starts: tuple[int, ...]  # first window row of every query row
     first_reader: tuple[int, ...]  # first query row whose window holds each key row
     last_reader: tuple[int, ...]  # last such query row
+    uniform: tuple[bool, ...]  # per key row: read by k interior query rows, as their rows k-1 .. 0
     bias_index: torch.Tensor  # (H, n, T, k*R) into the (2k)^2 bias table; column 2k-1 = masked
 
 
@@ -60,8 +61,10 @@ def _row_geometry(height, width, kernel_size, tile, device) -> RowGeometry | Non
     bias_index = row_bias[:, None, None, :, None] * (2 * k) + cols.bias_index[None, :, :, None, :]
     reads = (starts[:, None] <= row) & (row < starts[:, None] + k)  # (query row, key row)
     readers = [reads[:, m].nonzero().flatten().tolist() for m in range(height)]
+    uniform = tuple(x == list(range(m - k + 1 + k // 2, m + 1 + k // 2)) and all(starts[j] == j - k // 2 for j in x)
+                    for m, x in enumerate(readers))
     return RowGeometry(tile, region, n, tuple(starts.tolist()), tuple(x[0] for x in readers),
-                       tuple(x[-1] for x in readers), bias_index.reshape(height, n, tile, -1).to(device))
+                       tuple(x[-1] for x in readers), uniform, bias_index.reshape(height, n, tile, -1).to(device))
 
 
 def _bias(rpb: torch.Tensor | None, geo: RowGeometry, heads: int, kernel_size: int, like: torch.Tensor):
@@ -128,11 +131,26 @@ def _from_key_rows(x: torch.Tensor, shape, geo: RowGeometry) -> torch.Tensor:
 # -- the op -------------------------------------------------------------------------------------
 
 
+def _row_buffer(n: int, geo: RowGeometry, like: torch.Tensor) -> torch.Tensor:
+    """(N, H, T*kR + R): every query row's (T, k*R) block, then R unused slots.
+
+    The padding makes the blocks of ``k`` consecutive rows, each shifted left by R, one strided
+    matrix: the slices a key row reads from its k readers, without copying (:func:`_key_row_grads`).
+    """
+    kr = geo.bias_index.shape[-1]
+    return like.new_empty(n, len(geo.starts), geo.tile * kr + geo.region)
+
+
+def _row(buffer: torch.Tensor, i: int, geo: RowGeometry) -> torch.Tensor:
+    """Row ``i`` of a :func:`_row_buffer`, (N, T, k*R)."""
+    return buffer[:, i, : buffer.shape[-1] - geo.region].view(buffer.shape[0], geo.tile, -1)
+
+
 def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry, keep_probs: bool):
     """The forward, row by row. Returns the tensors the backward needs; ``out`` is (H, N, T, D).
 
-    With ``keep_probs`` every row's softmax is kept, (H, N, T, k*R), for the backward; without it
-    (inference) each row's lives in one reused, cache-sized buffer.
+    With ``keep_probs`` every row's softmax is kept (a :func:`_row_buffer`) for the backward;
+    without it (inference) each row's is a cache-sized temporary.
     """
     batch, height, width, heads, dim = query.shape
     k, r = kernel_size, geo.region
@@ -140,12 +158,14 @@ def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: Ro
     keys, values = _key_strips(key, geo), _key_strips(value, geo)  # (N, D, H*R)
     bias = _bias(rpb, geo, heads, k, query)  # (H, heads*n, T, k*R)
     out = query.new_empty(height, q.shape[0], geo.tile, dim)  # (H, N, T, D)
-    probs = query.new_empty(height if keep_probs else 1, q.shape[0], geo.tile, k * r)
+    probs = _row_buffer(q.shape[0], geo, query) if keep_probs else None
     for i, s in enumerate(geo.starts):
-        window, p = slice(s * r, (s + k) * r), probs[i if keep_probs else 0]
-        torch.bmm(q[:, i], keys[:, :, window], out=p)
+        window = slice(s * r, (s + k) * r)
+        p = torch.bmm(q[:, i], keys[:, :, window])  # (N, T, k*R); bmm into a strided out is 5x slower
         p.view(batch, *bias.shape[1:]).add_(bias[i])
-        torch.ops.aten._softmax.out(p, -1, False, out=p)
+        torch.ops.aten._softmax.out(p, -1, False, out=p)  # in place (wrong into a strided out)
+        if keep_probs:
+            _row(probs, i, geo).copy_(p)
         torch.bmm(p, values[:, :, window].transpose(1, 2), out=out[i])
     return q, keys, values, probs, out
 
@@ -168,39 +188,46 @@ class _RowAttention(torch.autograd.Function):
         grad_k, grad_v = q.new_empty(height, q.shape[0], r, q.shape[-1]), q.new_empty(height, q.shape[0], r, q.shape[-1])
         want_rpb = rpb is not None and ctx.needs_input_grad[3]
         acc = torch.promote_types(q.dtype, torch.float32)  # bf16 sums over the batch lose too much
-        grad_bias = q.new_empty(height, q.shape[0] // batch, *probs.shape[2:], dtype=acc) if want_rpb else None
+        grad_bias = q.new_empty(height, q.shape[0] // batch, geo.tile, k * r, dtype=acc) if want_rpb else None
         # rowsum(dP * P) = rowsum(dO * O): (N, H, T, 1)
         delta = (grad_o * out.transpose(0, 1)).sum(-1, keepdim=True)
-        grads, done = {}, 0  # per query row: (dS, P), kept until every key row they touch is done
+        grad_s_rows, done = _row_buffer(q.shape[0], geo, q), 0
         for i, s in enumerate(geo.starts):
-            window = slice(s * r, (s + k) * r)
-            grad_s = torch.bmm(grad_o[:, i], values[:, :, window]).sub_(delta[:, i]).mul_(probs[i])
+            window, grad_s = slice(s * r, (s + k) * r), _row(grad_s_rows, i, geo)
+            grad_p = torch.bmm(grad_o[:, i], values[:, :, window])
+            torch.sub(grad_p, delta[:, i], out=grad_s).mul_(_row(probs, i, geo))
             if want_rpb:
                 grad_bias[i] = grad_s.view(batch, -1, *grad_s.shape[1:]).sum(0, dtype=acc)
             torch.bmm(grad_s, keys[:, :, window].transpose(1, 2), out=grad_q[i])
-            grads[i] = grad_s, probs[i]
             while done < height and geo.last_reader[done] == i:  # key row `done` has all its readers
-                _key_row_grads(done, geo, grads, q, grad_o, grad_k[done], grad_v[done])
+                _key_row_grads(done, geo, grad_s_rows, probs, q, grad_o, grad_k[done], grad_v[done])
                 done += 1
-            for j in [j for j in grads if geo.starts[j] + k <= done]:
-                del grads[j]
         grad_query = _from_query_rows(grad_q.mul_(ctx.scale), shape)
         grad_key, grad_value = _from_key_rows(grad_k, shape, geo), _from_key_rows(grad_v, shape, geo)
         grad_rpb = _rpb_grad(grad_bias, geo, rpb, k) if want_rpb else None
         return grad_query, grad_key, grad_value, grad_rpb, None, None, None
 
 
-def _key_row_grads(row: int, geo: RowGeometry, grads: dict, q, grad_o, grad_k, grad_v) -> None:
+def _key_row_grads(row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_o, grad_k, grad_v) -> None:
     """dK and dV of key row ``row`` of every strip, from all the query rows that read it.
 
     One matmul over (reader rows x T) queries each, ``(N, R, c*T) @ (N, c*T, D)``, written once,
-    instead of adding ``k`` thin ``(N, k*R, T) @ (N, T, D)`` products per query row.
+    instead of adding ``k`` thin ``(N, k*R, T) @ (N, T, D)`` products per query row. The left
+    operand is each reader's R columns of this row, stacked: a strided view of the row buffers
+    where the readers are interior rows, a copy at the borders.
     """
     first, last, r = geo.first_reader[row], geo.last_reader[row], geo.region
-    cols = [slice((row - geo.starts[j]) * r, (row - geo.starts[j] + 1) * r) for j in range(first, last + 1)]
-    readers = list(zip(range(first, last + 1), cols))
-    grad_s = torch.cat([grads[j][0][:, :, c] for j, c in readers], 1)  # (N, c*T, R)
-    probs = torch.cat([grads[j][1][:, :, c] for j, c in readers], 1)
+    if geo.uniform[row]:
+        def stacked(buffer):  # reader first+u reads this row as its window row (start - first - u)
+            step = buffer.stride(1) - r  # = T*k*R: consecutive readers' slices line up as one matrix
+            offset = buffer.storage_offset() + first * buffer.stride(1) + (row - geo.starts[first]) * r
+            return buffer.as_strided((buffer.shape[0], (last - first + 1) * geo.tile, r),
+                                     (buffer.stride(0), step // geo.tile, 1), offset)
+    else:
+        def stacked(buffer):
+            slices = [_row(buffer, j, geo)[:, :, (row - geo.starts[j]) * r:][:, :, :r] for j in range(first, last + 1)]
+            return torch.cat(slices, 1)  # (N, c*T, R)
+    grad_s, probs = stacked(grad_s_rows), stacked(probs_rows)
     n, dim = q.shape[0], q.shape[-1]
     torch.bmm(grad_s.transpose(1, 2), q[:, first : last + 1].reshape(n, -1, dim), out=grad_k)
     torch.bmm(probs.transpose(1, 2), grad_o[:, first : last + 1].reshape(n, -1, dim), out=grad_v)
@@ -227,6 +254,12 @@ def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tens
     return out.transpose(1, 2).reshape(b, k, k, heads, dim)
 
 
+def _strip_width(width: int) -> int:
+    """8, 7 or 6 columns, whichever pads the map least; 8 on ties (it measured ~5% faster than 7
+    at 56 px: eight-row matmuls suit the BLAS kernels better)."""
+    return min((8, 7, 6), key=lambda t: -(-width // t) * t)
+
+
 def _rows_fastest(query: torch.Tensor) -> bool:
     """The row kernel beats the tiled one for fp32/fp64 on the CPU (experiments/README.md); its
     small bf16 matmuls measured slower there, and on GPUs its per-row launches would dominate."""
@@ -250,7 +283,7 @@ def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None,
         return _unfold_groups(na2d_torch(*folded, kernel_size, 1, rpb, scale, tile_size=tile_size), d)
     if height == width == kernel_size:  # every window is the whole map
         return _dense(query, key, value, rpb, kernel_size, scale)
-    geo = row_geometry(height, width, kernel_size, tile_size or _auto_tile(width, 1), query.device)
+    geo = row_geometry(height, width, kernel_size, tile_size or _strip_width(width), query.device)
     if geo is None or not _rows_fastest(query):
         return na2d_tiled(query, key, value, kernel_size, 1, rpb, scale)
     inputs = (query, key, value) if rpb is None else (query, key, value, rpb)
