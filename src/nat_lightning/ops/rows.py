@@ -243,15 +243,15 @@ def _rpb_grad(grad_bias: torch.Tensor, geo: RowGeometry, rpb: torch.Tensor, kern
 
 def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tensor:
     """Plain attention with rpb, for maps of exactly ``k x k``: (B, k, k, heads, D) in and out."""
-    b, k, _, heads, dim = query.shape
-    q, keys, values = (x.reshape(b, k * k, heads, dim).transpose(1, 2) for x in (query, key, value))
+    k, heads, dim = query.shape[1], query.shape[3], query.shape[4]
+    q, keys, values = (x.reshape(-1, k * k, heads, dim).transpose(1, 2) for x in (query, key, value))
     logits = torch.matmul(q * scale, keys.transpose(-1, -2))  # (B, heads, k*k, k*k)
     if rpb is not None:
         pos = torch.arange(k, device=query.device)
         rel = pos[None, :] - pos[:, None] + k - 1  # (query, key) offset index along one axis
         logits = logits + rpb[:, rel[:, None, :, None], rel[None, :, None, :]].reshape(heads, k * k, k * k)
     out = torch.matmul(logits.softmax(-1), values)  # (B, heads, k*k, D)
-    return out.transpose(1, 2).reshape(b, k, k, heads, dim)
+    return out.transpose(1, 2).reshape(-1, k, k, heads, dim)  # -1, not b: traced exports keep a free batch
 
 
 def _strip_width(width: int) -> int:
@@ -262,7 +262,10 @@ def _strip_width(width: int) -> int:
 
 def _rows_fastest(query: torch.Tensor) -> bool:
     """The row kernel beats the tiled one for fp32/fp64 on the CPU (experiments/README.md); its
-    small bf16 matmuls measured slower there, and on GPUs its per-row launches would dominate."""
+    small bf16 matmuls measured slower there, and on GPUs its per-row launches would dominate.
+    Tracing (ONNX export) and torch.compile get the tiled kernel: one graph, no Python loop."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
     return query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
 
 
