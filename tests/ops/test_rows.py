@@ -5,7 +5,7 @@ import torch
 
 from nat_lightning.ops import na2d_reference, na2d_torch
 from nat_lightning.ops import rows as rows_module
-from nat_lightning.ops.rows import _strip_width, row_geometry
+from nat_lightning.ops.rows import _key_row_grads, _row, _row_buffer, _strip_width, row_geometry
 
 SHAPES = [  # (height, width, kernel_size, dilation, tile_size or None for the default)
     (14, 14, 7, 1, None),  # border rows only: every query row has a clamped window
@@ -38,8 +38,29 @@ def test_shapes_take_the_row_kernel():
         geo = row_geometry(h // d, w // d, k, t or _strip_width(w // d), "cpu")
         assert geo is not None, (h, w, k, d, t)
     assert _strip_width(20) == 7 and row_geometry(29, 20, 7, 7, "cpu").strips * 7 == 21
-    uniform = row_geometry(29, 20, 7, 7, "cpu").uniform  # key rows read through a strided view
-    assert uniform == tuple(7 <= m <= 21 for m in range(29))  # key row 6 is also read by rows 0-2
+
+
+@pytest.mark.parametrize("height,kernel_size", [(29, 7), (14, 7), (9, 3), (7, 7)])
+def test_row_buffer_blocks_are_disjoint_and_key_rows_one_view(height, kernel_size):
+    """Every query row's block is its own memory, and the strided view the backward takes for a
+    key row equals the slices of that row in each of its readers, stacked."""
+    geo = row_geometry(height, 16, kernel_size, 8, "cpu")
+    buffer = _row_buffer(3, geo, torch.empty(0))
+    for i in range(height):
+        _row(buffer, i, geo).fill_(i)
+    for i in range(height):
+        assert (_row(buffer, i, geo) == i).all(), i
+    buffer.copy_(torch.randn_like(buffer))
+    r = geo.region
+    q = torch.zeros(3, height, geo.tile, 2)
+    for m in range(height):
+        readers = range(geo.first_reader[m], geo.last_reader[m] + 1)
+        assert all(geo.starts[j] <= m < geo.starts[j] + kernel_size for j in readers)
+        slices = [_row(buffer, j, geo)[:, :, (m - geo.starts[j]) * r :][:, :, :r] for j in readers]
+        grad_k = torch.empty(3, r, 2)
+        _key_row_grads(m, geo, buffer, buffer, q + 1, q, grad_k, torch.empty(3, r, 2))
+        expected = torch.cat(slices, 1).transpose(1, 2).sum(-1, keepdim=True).expand(3, r, 2)
+        torch.testing.assert_close(grad_k, expected)
 
 
 @pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES)

@@ -38,7 +38,6 @@ class RowGeometry(NamedTuple):
     starts: tuple[int, ...]  # first window row of every query row
     first_reader: tuple[int, ...]  # first query row whose window holds each key row
     last_reader: tuple[int, ...]  # last such query row
-    uniform: tuple[bool, ...]  # per key row: read by k interior query rows, as their rows k-1 .. 0
     bias_index: torch.Tensor  # (H, n, T, k*R) into the (2k)^2 bias table; column 2k-1 = masked
 
 
@@ -61,10 +60,8 @@ def _row_geometry(height, width, kernel_size, tile, device) -> RowGeometry | Non
     bias_index = row_bias[:, None, None, :, None] * (2 * k) + cols.bias_index[None, :, :, None, :]
     reads = (starts[:, None] <= row) & (row < starts[:, None] + k)  # (query row, key row)
     readers = [reads[:, m].nonzero().flatten().tolist() for m in range(height)]
-    uniform = tuple(x == list(range(m - k + 1 + k // 2, m + 1 + k // 2)) and all(starts[j] == j - k // 2 for j in x)
-                    for m, x in enumerate(readers))
     return RowGeometry(tile, region, n, tuple(starts.tolist()), tuple(x[0] for x in readers),
-                       tuple(x[-1] for x in readers), uniform, bias_index.reshape(height, n, tile, -1).to(device))
+                       tuple(x[-1] for x in readers), bias_index.reshape(height, n, tile, -1).to(device))
 
 
 def _bias(rpb: torch.Tensor | None, geo: RowGeometry, heads: int, kernel_size: int, like: torch.Tensor):
@@ -132,18 +129,21 @@ def _from_key_rows(x: torch.Tensor, shape, geo: RowGeometry) -> torch.Tensor:
 
 
 def _row_buffer(n: int, geo: RowGeometry, like: torch.Tensor) -> torch.Tensor:
-    """(N, H, T*kR + R): every query row's (T, k*R) block, then R unused slots.
+    """(N, H*T*kR + start(H-1)*R): query row ``i``'s (T, k*R) block at ``i*T*kR + start(i)*R``.
 
-    The padding makes the blocks of ``k`` consecutive rows, each shifted left by R, one strided
-    matrix: the slices a key row reads from its k readers, without copying (:func:`_key_row_grads`).
+    Placed so, the slice of key row ``m`` in reader ``i``, at ``i*T*kR + m*R``, moves by T*kR
+    per reader, border readers included: the slices a key row reads from all its readers are one
+    strided matrix, without copying (:func:`_key_row_grads`). Gaps of R open between interior rows.
     """
     kr = geo.bias_index.shape[-1]
-    return like.new_empty(n, len(geo.starts), geo.tile * kr + geo.region)
+    return like.new_empty(n, len(geo.starts) * geo.tile * kr + geo.starts[-1] * geo.region)
 
 
 def _row(buffer: torch.Tensor, i: int, geo: RowGeometry) -> torch.Tensor:
     """Row ``i`` of a :func:`_row_buffer`, (N, T, k*R)."""
-    return buffer[:, i, : buffer.shape[-1] - geo.region].view(buffer.shape[0], geo.tile, -1)
+    kr = geo.bias_index.shape[-1]
+    offset = i * geo.tile * kr + geo.starts[i] * geo.region
+    return buffer[:, offset : offset + geo.tile * kr].view(buffer.shape[0], geo.tile, kr)
 
 
 def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry, keep_probs: bool):
@@ -195,7 +195,7 @@ class _RowAttention(torch.autograd.Function):
         for i, s in enumerate(geo.starts):
             window, grad_s = slice(s * r, (s + k) * r), _row(grad_s_rows, i, geo)
             grad_p = torch.bmm(grad_o[:, i], values[:, :, window])
-            torch.sub(grad_p, delta[:, i], out=grad_s).mul_(_row(probs, i, geo))
+            torch.mul(grad_p.sub_(delta[:, i]), _row(probs, i, geo), out=grad_s)  # a strided out: one pass
             if want_rpb:
                 grad_bias[i] = grad_s.view(batch, -1, *grad_s.shape[1:]).sum(0, dtype=acc)
             torch.bmm(grad_s, keys[:, :, window].transpose(1, 2), out=grad_q[i])
@@ -213,20 +213,15 @@ def _key_row_grads(row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_
 
     One matmul over (reader rows x T) queries each, ``(N, R, c*T) @ (N, c*T, D)``, written once,
     instead of adding ``k`` thin ``(N, k*R, T) @ (N, T, D)`` products per query row. The left
-    operand is each reader's R columns of this row, stacked: a strided view of the row buffers
-    where the readers are interior rows, a copy at the borders.
+    operand is each reader's R columns of this row, stacked: one strided view of the row buffers.
     """
     first, last, r = geo.first_reader[row], geo.last_reader[row], geo.region
-    if geo.uniform[row]:
-        def stacked(buffer):  # reader first+u reads this row as its window row (start - first - u)
-            step = buffer.stride(1) - r  # = T*k*R: consecutive readers' slices line up as one matrix
-            offset = buffer.storage_offset() + first * buffer.stride(1) + (row - geo.starts[first]) * r
-            return buffer.as_strided((buffer.shape[0], (last - first + 1) * geo.tile, r),
-                                     (buffer.stride(0), step // geo.tile, 1), offset)
-    else:
-        def stacked(buffer):
-            slices = [_row(buffer, j, geo)[:, :, (row - geo.starts[j]) * r:][:, :, :r] for j in range(first, last + 1)]
-            return torch.cat(slices, 1)  # (N, c*T, R)
+    kr = geo.bias_index.shape[-1]
+
+    def stacked(buffer):  # (N, c*T, R): reader i's slice of this row lies at i*T*kR + row*R
+        offset = buffer.storage_offset() + first * geo.tile * kr + row * r
+        return buffer.as_strided((buffer.shape[0], (last - first + 1) * geo.tile, r), (buffer.stride(0), kr, 1), offset)
+
     grad_s, probs = stacked(grad_s_rows), stacked(probs_rows)
     n, dim = q.shape[0], q.shape[-1]
     torch.bmm(grad_s.transpose(1, 2), q[:, first : last + 1].reshape(n, -1, dim), out=grad_k)
