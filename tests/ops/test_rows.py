@@ -10,6 +10,7 @@ from nat_lightning.ops.rows import _key_row_grads, _row, _row_buffer, _strip_wid
 SHAPES = [  # (height, width, kernel_size, dilation, tile_size or None for the default)
     (14, 14, 7, 1, None),  # border rows only: every query row has a clamped window
     (29, 20, 7, 1, None),  # interior rows, and a last strip with a pad column
+    (28, 28, 7, 1, None),  # two 14-wide strips, each off the map on one side
     (15, 20, 7, 1, 4),  # strips overlap their second neighbour (T < k - 1)
     (15, 20, 7, 1, 8),
     (9, 11, 5, 1, None),
