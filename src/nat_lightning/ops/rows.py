@@ -3,11 +3,11 @@
 The map is cut into column strips of ``T`` queries. The windows of query row ``i`` in strip
 ``s`` all lie in rows ``start(i) .. start(i)+k-1`` of the strip's key region, the ``T+k-1``
 columns around the strip over the full height. With each strip's keys laid out as
-``(D, row, column)``, those ``k`` rows are one contiguous slice, so each query row is one batched
+``(row, column, D)``, those ``k`` rows are one contiguous slice, so each query row is one batched
 matmul over all (batch, head, strip) that reads its keys in place.
 
 Each row's logits are ``(T, k*(T+k-1))`` per strip: exact along rows, ``(T+k-1)/k`` padded along
-columns (1.86x for k=7, T=7, against 3.4x for square tiles), and small enough to stay in cache
+columns (1.75x for k=7, T=8, against 3.4x for square tiles), and small enough to stay in cache
 while the bias is added and the softmax taken in place. The backward is FlashAttention's: it
 recomputes the logits, takes ``dS = P * (dP - rowsum(dO * O))``, and gets each key row's
 gradients from one matmul over all the query rows that read it; no logits are stored.
@@ -95,32 +95,31 @@ def _from_query_rows(x: torch.Tensor, shape) -> torch.Tensor:
 
 
 def _key_strips(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
-    """(B, H, W, heads, D) -> a new (N, D, H*R): every strip's key region, transposed.
+    """(B, H, W, heads, D) -> a new (N, H*R, D): every strip's key region, row-major.
 
     Strip ``s`` holds map columns ``s*T - (k-1)/2`` onwards; columns off the map are zeros (the
     bias masks them). The strips inside the map are one strided copy, the border ones are copied
-    and zero-filled apart: no padded copy of the map. Transposed because
-    ``q @ keys[:, window].transpose(1, 2)`` on row-major keys measured 4x slower in bmm.
+    and zero-filled apart: no padded copy of the map.
     """
     b, h, w, heads, dim = x.shape
     t, r, n = geo.tile, geo.region, geo.strips
     half = (r - t) // 2
-    out = x.new_empty(b, heads, n, dim, h, r)
-    src = x.permute(0, 3, 4, 1, 2)  # (B, heads, D, H, W), a view
+    out = x.new_empty(b, heads, n, h, r, dim)
+    src = x.transpose(1, 3).transpose(2, 3)  # (B, heads, H, W, D), a view
     inside = [i for i in range(n) if 0 <= i * t - half and i * t - half + r <= w]
     if inside:
         lo, s = inside[0], src.stride()
-        strips = src.as_strided((b, heads, len(inside), dim, h, r), (s[0], s[1], t * s[4], s[2], s[3], s[4]),
-                                src.storage_offset() + (lo * t - half) * s[4])
+        strips = src.as_strided((b, heads, len(inside), h, r, dim), (s[0], s[1], t * s[3], s[2], s[3], s[4]),
+                                src.storage_offset() + (lo * t - half) * s[3])
         out[:, :, lo : lo + len(inside)].copy_(strips)
     for i in set(range(n)) - set(inside):
         first = i * t - half  # map column of the strip's column 0
         begin, end = max(0, -first), min(r, w - first)  # the strip's columns on the map
-        strip = out[:, :, i]
-        strip[..., :begin].zero_()
-        strip[..., end:].zero_()
-        strip[..., begin:end].copy_(src[..., first + begin : first + end])
-    return out.view(-1, dim, h * r)
+        strip = out[:, :, i]  # (B, heads, H, R, D)
+        strip[:, :, :, :begin].zero_()
+        strip[:, :, :, end:].zero_()
+        strip[:, :, :, begin:end].copy_(src[:, :, :, first + begin : first + end])
+    return out.view(-1, h * r, dim)
 
 
 def _from_key_rows(x: torch.Tensor, shape, geo: RowGeometry) -> torch.Tensor:
@@ -170,18 +169,18 @@ def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: Ro
     batch, height, width, heads, dim = query.shape
     k, r = kernel_size, geo.region
     q = _query_rows(query, geo).mul_(scale)  # (N, H, T, D)
-    keys, values = _key_strips(key, geo), _key_strips(value, geo)  # (N, D, H*R)
+    keys, values = _key_strips(key, geo), _key_strips(value, geo)  # (N, H*R, D)
     bias = _bias(rpb, geo, heads, k, query)  # (H, heads*n, T, k*R)
     out = query.new_empty(height, q.shape[0], geo.tile, dim)  # (H, N, T, D)
     probs = _row_buffer(q.shape[0], geo, query) if keep_probs else None
     for i, s in enumerate(geo.starts):
         window = slice(s * r, (s + k) * r)
-        p = torch.bmm(q[:, i], keys[:, :, window])  # (N, T, k*R); bmm into a strided out is 5x slower
+        p = torch.bmm(q[:, i], keys[:, window].transpose(1, 2))  # (N, T, k*R); bmm into a strided out is 5x slower
         p.view(batch, *bias.shape[1:]).add_(bias[i])
         torch.ops.aten._softmax.out(p, -1, False, out=p)  # in place (wrong into a strided out)
         if keep_probs:
             _row(probs, i, geo).copy_(p)
-        torch.bmm(p, values[:, :, window].transpose(1, 2), out=out[i])
+        torch.bmm(p, values[:, window], out=out[i])
     return q, keys, values, probs, out
 
 
@@ -209,11 +208,11 @@ class _RowAttention(torch.autograd.Function):
         grad_s_rows, done = _row_buffer(q.shape[0], geo, q), 0
         for i, s in enumerate(geo.starts):
             window, grad_s = slice(s * r, (s + k) * r), _row(grad_s_rows, i, geo)
-            grad_p = torch.bmm(grad_o[:, i], values[:, :, window])
+            grad_p = torch.bmm(grad_o[:, i], values[:, window].transpose(1, 2))
             torch.mul(grad_p.sub_(delta[:, i]), _row(probs, i, geo), out=grad_s)  # a strided out: one pass
             if want_rpb:
                 grad_bias[i] = grad_s.view(batch, -1, *grad_s.shape[1:]).sum(0, dtype=acc)
-            torch.bmm(grad_s, keys[:, :, window].transpose(1, 2), out=grad_q[i])
+            torch.bmm(grad_s, keys[:, window], out=grad_q[i])
             while done < height and geo.last_reader[done] == i:  # key row `done` has all its readers
                 _key_row_grads(done, geo, grad_s_rows, probs, q, grad_o, grad_k[done], grad_v[done])
                 done += 1
