@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nat_lightning.ops import na2d_reference, na2d_torch
+from nat_lightning.ops import na2d_qkv, na2d_reference, na2d_torch
 from nat_lightning.ops import rows as rows_module
 from nat_lightning.ops.rows import _key_row_grads, _row, _row_buffer, _strip_width, row_geometry
 
@@ -72,6 +72,32 @@ def test_forward_and_gradients_match_reference(height, width, kernel_size, dilat
     expected = _forward_and_grads(na2d_reference, inputs, kernel_size, dilation)
     for name, a, b in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES[1:3] + SHAPES[-2:])
+def test_packed_qkv_gradient_matches_reference(height, width, kernel_size, dilation, tile_size):
+    """na2d_qkv hands the row kernel the fused projection's output; its one packed gradient
+    equals the reference's three, stacked (as autograd's unbind-backward would)."""
+    torch.manual_seed(0)
+    q, k, v, rpb = _inputs(height, width, kernel_size)
+    qkv = torch.stack([q, k, v], 3).requires_grad_()
+    rpb.requires_grad_()
+    out = na2d_torch(*qkv.unbind(3), kernel_size, dilation, rpb, tile_size=tile_size, qkv=qkv)
+    grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    got = torch.autograd.grad(out, (qkv, rpb), grad)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+    ref = na2d_reference(*leaves[:3], kernel_size, dilation, leaves[3])
+    expected = torch.autograd.grad(ref, leaves, grad)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(got[0], torch.stack(expected[:3], 3))
+    torch.testing.assert_close(got[1], expected[3])
+    for backend in ("torch", "reference"):  # the public entry point, both ways
+        torch.testing.assert_close(na2d_qkv(qkv, kernel_size, dilation, rpb, backend=backend), ref)
+
+
+def test_na2d_qkv_rejects_unpacked_input():
+    with pytest.raises(ValueError, match=r"qkv must be \(batch, height, width, 3, heads, head_dim\), got qkv.shape=\(2, 9, 9, 12\)"):
+        na2d_qkv(torch.zeros(2, 9, 9, 12), 3)
 
 
 @pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES[:3] + SHAPES[-1:])

@@ -76,4 +76,27 @@ def na2d(
     return impl(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
 
 
-__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_natten", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]
+def na2d_qkv(
+    qkv: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_weights: bool = False,
+):
+    """:func:`na2d` on a fused projection's output ``(batch, height, width, 3, heads, head_dim)``.
+
+    The same result as ``na2d(*qkv.unbind(3), ...)``; the torch backend then returns one packed
+    gradient for ``qkv`` instead of three that autograd stacks.
+    """
+    if qkv.dim() != 6 or qkv.shape[3] != 3:
+        raise ValueError(f"qkv must be (batch, height, width, 3, heads, head_dim), got qkv.shape={tuple(qkv.shape)}")
+    query, key, value = qkv.unbind(3)
+    check_na2d_args(query, key, value, kernel_size, dilation, rpb)
+    if select_backend(backend, query, rpb, return_weights) == "torch":
+        return na2d_torch(query, key, value, kernel_size, dilation, rpb, scale, return_weights, qkv=qkv)
+    return na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, return_weights)
+
+
+__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_qkv", "na2d_natten", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]

@@ -7,10 +7,10 @@ columns around the strip over the full height. With each strip's keys laid out a
 matmul over all (batch, head, strip) that reads its keys in place.
 
 Each row's logits are ``(T, k*(T+k-1))`` per strip: exact along rows, ``(T+k-1)/k`` padded along
-columns (1.75x for k=7, T=8, against 3.4x for square tiles), and small enough to stay in cache
-while the bias is added and the softmax taken in place. The backward is FlashAttention's: it
-recomputes the logits, takes ``dS = P * (dP - rowsum(dO * O))``, and gets each key row's
-gradients from one matmul over all the query rows that read it; no logits are stored.
+columns (2x for k=7, T=8; 2.86x for T=14; square 7x7 tiles pad 3.4x), and small enough to stay
+in cache while the bias is added and the softmax taken in place. Training keeps each row's
+softmax (not its logits); the backward takes FlashAttention's ``dS = P * (dP - rowsum(dO * O))``
+and gets each key row's gradients from one matmul over all the query rows that read it.
 
 Serves dilation 1, and dilation ``d`` when ``d`` divides the map (the groups are folded into the
 batch); :func:`na2d_torch` sends every other call to :func:`.na2d_tiled`.
@@ -87,11 +87,17 @@ def _query_rows(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
     return rows.view(-1, h, geo.tile, dim)
 
 
-def _from_query_rows(x: torch.Tensor, shape) -> torch.Tensor:
-    """(H, N, T, D) -> (B, H, W, heads, D), dropping pad columns."""
+def _from_query_rows(x: torch.Tensor, shape, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(H, N, T, D) -> (B, H, W, heads, D), dropping pad columns; written into ``out`` if given."""
     b, h, w, heads, dim = shape
-    x = x.view(h, b, heads, -1, x.shape[2], dim).permute(1, 0, 3, 4, 2, 5)  # (B, H, n, T, heads, D)
-    return x.reshape(b, h, -1, heads, dim)[:, :, :w]
+    t = x.shape[2]
+    x = x.view(h, b, heads, -1, t, dim).permute(1, 0, 3, 4, 2, 5)  # (B, H, n, T, heads, D)
+    out = x.new_empty(shape) if out is None else out
+    whole = w // t  # strips inside the map; a last one may hold pad columns
+    out[:, :, : whole * t].view(b, h, whole, t, heads, dim).copy_(x[:, :, :whole])
+    if w > whole * t:
+        out[:, :, whole * t :].copy_(x[:, :, whole, : w - whole * t])
+    return out
 
 
 def _key_strips(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
@@ -185,8 +191,15 @@ def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: Ro
 
 
 class _RowAttention(torch.autograd.Function):
+    """Inputs ``(query, key, value)``, or ``(qkv, None, None)`` with ``qkv`` the packed
+    ``(B, H, W, 3, heads, D)`` output of a fused projection: its gradient is then one tensor,
+    written in place, instead of three that autograd's unbind-backward stacks (a copy)."""
+
     @staticmethod
     def forward(ctx, query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry):
+        ctx.packed = key is None
+        if ctx.packed:
+            query, key, value = query.unbind(3)
         q, keys, values, probs, out = _row_forward(query, key, value, rpb, kernel_size, scale, geo, True)
         ctx.save_for_backward(q, keys, values, probs, out, rpb)
         ctx.geo, ctx.shape, ctx.kernel_size, ctx.scale = geo, query.shape, kernel_size, scale
@@ -216,9 +229,15 @@ class _RowAttention(torch.autograd.Function):
             while done < height and geo.last_reader[done] == i:  # key row `done` has all its readers
                 _key_row_grads(done, geo, grad_s_rows, probs, q, grad_o, grad_k[done], grad_v[done])
                 done += 1
-        grad_query = _from_query_rows(grad_q.mul_(ctx.scale), shape)
-        grad_key, grad_value = _from_key_rows(grad_k, shape, geo), _from_key_rows(grad_v, shape, geo)
         grad_rpb = _rpb_grad(grad_bias, geo, rpb, k) if want_rpb else None
+        grad_key, grad_value = _from_key_rows(grad_k, shape, geo), _from_key_rows(grad_v, shape, geo)
+        if ctx.packed:
+            grad_qkv = grad_k.new_empty(*shape[:3], 3, *shape[3:])
+            _from_query_rows(grad_q.mul_(ctx.scale), shape, out=grad_qkv[:, :, :, 0])
+            grad_qkv[:, :, :, 1].copy_(grad_key)
+            grad_qkv[:, :, :, 2].copy_(grad_value)
+            return grad_qkv, None, None, grad_rpb, None, None, None
+        grad_query = _from_query_rows(grad_q.mul_(ctx.scale), shape)
         return grad_query, grad_key, grad_value, grad_rpb, None, None, None
 
 
@@ -283,10 +302,12 @@ def _rows_fastest(query: torch.Tensor) -> bool:
 
 
 def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None, scale: float | None = None,
-               return_weights: bool = False, tile_size: int | None = None):
+               return_weights: bool = False, tile_size: int | None = None, qkv: torch.Tensor | None = None):
     """The torch backend: the row kernel where it applies and is fastest, :func:`.na2d_tiled` elsewhere.
 
-    Same arguments as :func:`nat_lightning.ops.na2d`; ``tile_size`` is the strip width.
+    Same arguments as :func:`nat_lightning.ops.na2d`; ``tile_size`` is the strip width; ``qkv``
+    is the packed ``(B, H, W, 3, heads, D)`` tensor that query, key and value are ``unbind(3)``
+    views of, if they are (see :func:`nat_lightning.ops.na2d_qkv`).
     """
     check_na2d_args(query, key, value, kernel_size, dilation, rpb)
     height, width, head_dim = query.shape[1], query.shape[2], query.shape[-1]
@@ -295,8 +316,13 @@ def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None,
     if return_weights or height % d or width % d:
         return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
     if d > 1:  # dilation groups as separate images
-        folded = [_fold_groups(x, d) for x in (query, key, value)]
-        return _unfold_groups(na2d_torch(*folded, kernel_size, 1, rpb, scale, tile_size=tile_size), d)
+        if qkv is not None:
+            qkv = _fold_groups(qkv, d)
+            folded = qkv.unbind(3)
+        else:
+            folded = [_fold_groups(x, d) for x in (query, key, value)]
+        out = na2d_torch(*folded, kernel_size, 1, rpb, scale, tile_size=tile_size, qkv=qkv)
+        return _unfold_groups(out, d)
     if height == width == kernel_size:  # every window is the whole map
         return _dense(query, key, value, rpb, kernel_size, scale)
     geo = row_geometry(height, width, kernel_size, tile_size or _strip_width(width), query.device)
@@ -304,6 +330,8 @@ def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None,
         return na2d_tiled(query, key, value, kernel_size, 1, rpb, scale)
     inputs = (query, key, value) if rpb is None else (query, key, value, rpb)
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        if qkv is not None:
+            return _RowAttention.apply(qkv, None, None, rpb, kernel_size, scale, geo)
         return _RowAttention.apply(query, key, value, rpb, kernel_size, scale, geo)
     out = _row_forward(query, key, value, rpb, kernel_size, scale, geo, keep_probs=False)[-1]
     return _from_query_rows(out, query.shape)
