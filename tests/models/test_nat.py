@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from tests.conftest import FIXTURES
 
 from nat_lightning import NatBackbone, NatConfig, NatForImageClassification, NatModel
-from nat_lightning.models.nat import NeighborhoodAttention2D, _weighted_values
+from nat_lightning.models.nat import NatBlock, NeighborhoodAttention2D, _weighted_values
 from nat_lightning.ops import na2d
 
 FIXTURE_NAMES = ["hf_nat_tiny_random", "hf_dinat_tiny_random"]
@@ -183,6 +183,26 @@ def test_drop_path_only_in_training():
     a = model(x).logits
     torch.manual_seed(1)
     assert not torch.equal(a, model(x).logits)
+
+
+def test_block_residuals_drop_whole_samples_and_scale_the_kept_ones():
+    """The fused residual (addcmul) against the formula written out: x + drop(gamma * branch),
+    drop keeping a sample with probability 1-p and dividing it by 1-p."""
+    torch.manual_seed(0)
+    config = tiny(layer_scale_init_value=0.3)
+    block = NatBlock(config, 16, 2, 1, drop_path=0.5).train()
+    x = torch.randn(32, 9, 9, 16, dtype=torch.float64)
+    block.double()
+    torch.manual_seed(3)
+    got, _ = block(x)
+    torch.manual_seed(3)  # the same draws, in the same order: one per residual
+    keep1 = torch.empty(32, 1, 1, 1, dtype=torch.float64).bernoulli_(0.5)
+    keep2 = torch.empty(32, 1, 1, 1, dtype=torch.float64).bernoulli_(0.5)
+    mid = x + keep1 / 0.5 * (block.gamma1 * block.attn(block.norm1(x))[0])
+    expected = mid + keep2 / 0.5 * (block.gamma2 * block.mlp(block.norm2(mid)))
+    torch.testing.assert_close(got, expected)
+    dropped = (keep1 == 0).flatten() & (keep2 == 0).flatten()
+    assert dropped.any() and torch.equal(got[dropped], x[dropped])  # both branches dropped: identity
 
 
 def test_attention_dropout_only_in_training_and_its_weighted_sum_is_na():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import BACKENDS, na2d
+from ..ops import BACKENDS, na2d, na2d_qkv
 from ..ops.windows import window_index
 from .config import NatConfig
 from .pretrained import PretrainedMixin
@@ -84,11 +84,17 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def factor(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample multipliers (B, 1, ..., 1): 0 for a dropped sample, else 1/(1-p) so the
+        expectation is unchanged; None when nothing is dropped."""
         if self.p == 0.0 or not self.training:
-            return x
+            return None
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep.div_(1 - self.p)  # rescaled so the expectation is unchanged; one pass over x
+        return keep.div_(1 - self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = self.factor(x)
+        return x if factor is None else x * factor
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -178,17 +184,18 @@ class NeighborhoodAttention2D(nn.Module):
         pad_h, pad_w = max(0, window - height), max(0, window - width)
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
-        q, k, v = qkv.unbind(3)  # each (B, Hp, Wp, heads, D)
-        args = (q, k, v, self.kernel_size, self.dilation, self.rpb)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (B, Hp, Wp, 3, heads, D)
         dropout = self.training and self.attn_drop > 0
         if dropout or output_attentions:  # the weights are needed: (B, heads, Hp, Wp, k*k)
-            out, weights = na2d(*args, backend=self.backend, return_weights=True)
+            q, k, v = qkv.unbind(3)  # each (B, Hp, Wp, heads, D)
+            out, weights = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, backend=self.backend,
+                                return_weights=True)
             if dropout:  # the op has no dropout: redo the weighted sum with dropped weights
                 weights = F.dropout(weights, self.attn_drop, training=True)
                 out = _weighted_values(weights, v, self.kernel_size, self.dilation)
         else:
-            out, weights = na2d(*args, backend=self.backend), None
+            out = na2d_qkv(qkv, self.kernel_size, self.dilation, self.rpb, backend=self.backend)
+            weights = None
         out = out.flatten(-2)[:, :height, :width]  # (B, H, W, C), padding cropped
         return self.proj_drop(self.proj(out)), weights
 
@@ -234,10 +241,17 @@ class NatBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False):
         attn, weights = self.attn(self.norm1(x), output_attentions)  # (B, H, W, C)
-        x = x + self.drop_path(self.gamma1 * attn if self.layer_scale else attn)
-        mlp = self.mlp(self.norm2(x))
-        x = x + self.drop_path(self.gamma2 * mlp if self.layer_scale else mlp)
+        x = self._residual(x, attn, self.gamma1 if self.layer_scale else None)
+        x = self._residual(x, self.mlp(self.norm2(x)), self.gamma2 if self.layer_scale else None)
         return x, weights
+
+    def _residual(self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+        """``x + drop_path(gamma * branch)`` in one pass: stochastic depth's per-sample factor
+        and the layer scale fold into one small multiplier for ``addcmul``."""
+        factor = self.drop_path.factor(x)  # (B, 1, 1, 1) or None
+        if gamma is not None:
+            factor = gamma if factor is None else factor * gamma
+        return x + branch if factor is None else torch.addcmul(x, branch, factor)
 
 
 class NatStage(nn.Module):
