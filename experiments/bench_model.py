@@ -164,7 +164,7 @@ def main():
             for mode in ("train", "lightning"):
                 r = run_worker(sys.executable, "nat_mini", mode, *common)
                 results.setdefault(("nat_mini", "plain" if mode == "train" else mode), []).append(r["img_s"])
-                print(f"  {name:10s} {mode:9s} {r['img_s']:.2f} img/s", flush=True)
+                print(f"  nat_mini   {mode:9s} {r['img_s']:.2f} img/s", flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"\n| batch {a.batch}, 224 px, fp32 | NAT-Mini img/s | Swin-T img/s | NAT / Swin |")
     print("|---|---:|---:|---:|")
@@ -191,6 +191,11 @@ def sweep(batches: list[int], a, timm_python: str):
     for i, batch in enumerate(batches):
         n, s = results["nat_mini"][i], results["swin_t"][i]
         print(f"| {batch} | {n:.2f} | {s:.2f} | {n / s:.2f}x |")
+    plot_sweep(batches, results)
+
+
+def plot_sweep(batches: list[int], results: dict[str, list[float]]) -> None:
+    """model_batch.png: training images/s of both models against batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,6 +205,7 @@ def sweep(batches: list[int], a, timm_python: str):
     for name, label in (("nat_mini", "NAT-Mini (nat_lightning)"), ("swin_t", "Swin-T (timm)")):
         ax.plot(batches, results[name], marker="o", label=label)
     ax.set(xscale="log", xlabel="batch size", ylabel="training images/s", title="fp32 training step, 224 px, CPU")
+    ax.minorticks_off()
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_ylim(bottom=0)
     ax.legend()

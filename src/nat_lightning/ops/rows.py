@@ -285,8 +285,9 @@ def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tens
 def _strip_width(width: int) -> int:
     """The strip width that pads the map least; on ties 14 for maps up to 28 wide, else 8.
 
-    Measured on 2 cores (experiments/README.md): 14-wide strips ran 10-20% faster than 7 or 8 at
-    14 and 28 px (taller matmuls, fewer rows of Python); at 56 px, 8 beat 7 by ~5% and 14 by ~10%.
+    Measured on 2 cores (experiments/bench_choices.py): at 14 and 28 px, 14-wide strips ran as
+    fast as 7 in training and ~5% faster in inference (8 pads 28 to 32 and was slowest); at 56 px,
+    8 beat 7 and 14 by ~7-10%.
     """
     prefs = (14, 8, 7, 6) if width <= 28 else (8, 7, 6, 14)
     return min(prefs, key=lambda t: -(-width // t) * t)
