@@ -71,7 +71,7 @@ def tokenizer(batch: int, rounds: int) -> None:
     print("\n| tokenizer, batch 16, 224 px | NCHW ms | channels-last ms | speed-up |")
     print("|---|---:|---:|---:|")
     for mode, step in (("fwd+bwd", train), ("fwd", infer)):
-        med = alternate({"nchw": lambda: step(nchw), "cl": lambda: step(lambda: tok(x))}, rounds)
+        med = alternate({"nchw": lambda step=step: step(nchw), "cl": lambda step=step: step(lambda: tok(x))}, rounds)
         print(f"| {mode} | {med['nchw'] * 1e3:.1f} | {med['cl'] * 1e3:.1f} | {med['nchw'] / med['cl']:.2f}x |")
 
 

@@ -99,4 +99,4 @@ def na2d_qkv(
     return na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, return_weights)
 
 
-__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_qkv", "na2d_natten", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]
+__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_natten", "na2d_qkv", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]

@@ -172,7 +172,7 @@ def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: Ro
     With ``keep_probs`` every row's softmax is kept (a :func:`_row_buffer`) for the backward;
     without it (inference) each row's is a cache-sized temporary.
     """
-    batch, height, width, heads, dim = query.shape
+    batch, height, _, heads, dim = query.shape
     k, r = kernel_size, geo.region
     q = _query_rows(query, geo).mul_(scale)  # (N, H, T, D)
     keys, values = _key_strips(key, geo), _key_strips(value, geo)  # (N, H*R, D)
