@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from bench_choices import SHAPES, alternate  # experiments/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = [(56, 2), (28, 4), (14, 8)]  # side, heads; head_dim 32
 
 
 def load(rev: str | None, tag: str):
@@ -52,20 +49,18 @@ def main():
     train = a.mode == "train"
     print(f"{a.mode}, batch {a.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"| shape | {' ms | '.join(kernels)} ms | speed-up |\n|---|---:|---:|---:|")
-    for side, heads in SHAPES:
+    for side, heads in SHAPES.values():
         q, k, v = (torch.randn(a.batch, side, side, heads, 32, requires_grad=train) for _ in range(3))
         rpb = torch.zeros(heads, 13, 13, requires_grad=train)
-        times = {name: [] for name in kernels}
-        for _ in range(a.rounds):
-            for name, module in kernels.items():
-                start = time.perf_counter()
-                out = module.na2d_torch(q, k, v, 7, 1, rpb)
-                if train:
-                    out.backward(torch.ones_like(out))
-                times[name].append(time.perf_counter() - start)
-        base, new = (statistics.median(t[2:]) for t in times.values())
-        print(f"| ({a.batch}, {side}, {heads}, 32) | {base * 1e3:.1f} | {new * 1e3:.1f} | {base / new:.2f}x |")
-    sys.stdout.flush()
+
+        def run(module, q=q, k=k, v=v, rpb=rpb):
+            out = module.na2d_torch(q, k, v, 7, 1, rpb)
+            if train:
+                out.backward(torch.ones_like(out))
+
+        med = alternate({name: (lambda m=module: run(m)) for name, module in kernels.items()}, a.rounds)
+        base, new = med.values()
+        print(f"| ({a.batch}, {side}, {heads}, 32) | {base * 1e3:.1f} | {new * 1e3:.1f} | {base / new:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

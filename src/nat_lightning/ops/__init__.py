@@ -92,8 +92,7 @@ def na2d_qkv(
     """
     if qkv.dim() != 6 or qkv.shape[3] != 3:
         raise ValueError(f"qkv must be (batch, height, width, 3, heads, head_dim), got qkv.shape={tuple(qkv.shape)}")
-    query, key, value = qkv.unbind(3)
-    check_na2d_args(query, key, value, kernel_size, dilation, rpb)
+    query, key, value = qkv.unbind(3)  # both paths below check the arguments
     if select_backend(backend, query, rpb, return_weights) == "torch":
         return na2d_torch(query, key, value, kernel_size, dilation, rpb, scale, return_weights, qkv=qkv)
     return na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, return_weights)

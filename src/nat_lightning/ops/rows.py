@@ -112,13 +112,13 @@ def _key_strips(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
     half = (r - t) // 2
     out = x.new_empty(b, heads, n, h, r, dim)
     src = x.transpose(1, 3).transpose(2, 3)  # (B, heads, H, W, D), a view
-    inside = [i for i in range(n) if 0 <= i * t - half and i * t - half + r <= w]
+    inside = range(-(-half // t), (w + half - r) // t + 1)  # strips whose columns are all on the map
     if inside:
-        lo, s = inside[0], src.stride()
+        s = src.stride()
         strips = src.as_strided((b, heads, len(inside), h, r, dim), (s[0], s[1], t * s[3], s[2], s[3], s[4]),
-                                src.storage_offset() + (lo * t - half) * s[3])
-        out[:, :, lo : lo + len(inside)].copy_(strips)
-    for i in set(range(n)) - set(inside):
+                                src.storage_offset() + (inside.start * t - half) * s[3])
+        out[:, :, inside.start : inside.stop].copy_(strips)
+    for i in (i for i in range(n) if i not in inside):
         first = i * t - half  # map column of the strip's column 0
         begin, end = max(0, -first), min(r, w - first)  # the strip's columns on the map
         strip = out[:, :, i]  # (B, heads, H, R, D)
