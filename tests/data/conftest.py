@@ -66,6 +66,28 @@ def png(colour, size=(12, 10), mode="RGB") -> bytes:
     return buffer.getvalue()
 
 
+def truncated_png() -> bytes:
+    """The first half of a noisy 64x64 PNG: the header reads, the pixels do not."""
+    buffer = io.BytesIO()
+    PILImage.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+BROKEN = {"truncated": truncated_png, "zero-byte": lambda: b""}  # kind -> the bytes of a bad PNG
+
+
+def write_images(root: Path, files: dict[str, int | str]) -> list[str]:
+    """Write ``root/<relative path>`` for each entry: a colour_of(id) PNG for an int, a BROKEN
+    kind's bytes for a str. The paths, in the order given."""
+    paths = []
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png(colour_of(content)) if isinstance(content, int) else BROKEN[content]())
+        paths.append(str(path))
+    return paths
+
+
 def coloured(ids, num_classes: int = 4, image="img", label="target") -> Dataset:
     """Example i: colour_of(i), label i % num_classes, in columns named ``image`` and ``label``."""
     ids = list(ids)

@@ -296,7 +296,9 @@ def test_bad_inputs_name_the_dataset_the_column_or_split_and_the_options(
         ValueError, match=r"train_split='train' of dataset <in-memory Dataset, 0 rows> is empty"
     ):
         HFImageDataModule(coloured_dataset.select([])).setup("fit")
-    with pytest.raises(ValueError, match=r"'/nowhere/x.parquet' matches no file or folder"):
+    with pytest.raises(
+        ValueError, match=r"'/nowhere/x.parquet' does not exist \(nor does '/nowhere'\)"
+    ):
         _ = HFImageDataModule("/nowhere/x.parquet").num_classes
     with pytest.raises(
         ValueError, match=r"could not load dataset='someone/beans-nowhere'.*HF_HUB_OFFLINE=1"

@@ -1,10 +1,12 @@
 """Loading every kind of source through datasets, split lookup, the held-out validation split."""
 
+import re
 from collections import Counter
 
 import pytest
 from datasets import DatasetDict, Image
 
+from nat_lightning.data import HFImageDataModule, sources
 from nat_lightning.data.sources import (
     Split,
     carve_validation,
@@ -14,7 +16,7 @@ from nat_lightning.data.sources import (
     pick_split,
 )
 
-from .conftest import coloured
+from .conftest import coloured, write_images
 
 
 def test_in_memory_dataset_is_the_train_split(coloured_dataset, coloured_dict):
@@ -62,7 +64,10 @@ def test_folder_of_parquet_files_named_by_split(tmp_path):
 
 
 def test_paths_that_do_not_exist(tmp_path):
-    with pytest.raises(ValueError, match=r"'.*missing.parquet' matches no file or folder"):
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(
+        ValueError, match=r"'.*missing.parquet' does not exist \('.*' holds \['notes.txt'\]\)"
+    ):
         load_splits(str(tmp_path / "missing.parquet"))
     with pytest.raises(ValueError, match=r"\*.parquet' matches no file"):
         load_splits(str(tmp_path / "*.parquet"))
@@ -74,16 +79,83 @@ def test_paths_that_do_not_exist(tmp_path):
 
 
 def test_hub_ids_fail_clearly_when_offline():
-    assert (
-        is_hub_id("someone/beans")
-        and is_hub_id("mnist")
-        and not is_hub_id("./beans")
-        and not is_hub_id("x.parquet")
-    )
     with pytest.raises(
         ValueError, match="could not load dataset='someone/beans-nowhere'.*HF_HUB_OFFLINE"
     ):
         load_splits("someone/beans-nowhere")
+
+
+@pytest.mark.parametrize(
+    "name", ["beans", "someone/beans", "bigcode/the-stack-v1.2", "ILSVRC/imagenet-1k", "a_b/c-d.e"]
+)
+def test_plausible_names_are_hub_ids(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing of these names exists here
+    assert is_hub_id(name)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "data/my_imgs",  # its first component, data, exists here
+        "./imgs",
+        "~/nowhere-at-all",
+        "/no/such/folder",
+        "a/b/c",  # more than one slash
+        "imgs.zip",  # a file suffix
+        "photos.PNG",
+        "my images",  # not a name: a space
+        "data/*.parquet",  # a glob
+    ],
+)
+def test_local_looking_paths_fail_at_once_without_the_hub(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my_images").mkdir()
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(sources, "load_hub", no_hub)
+    monkeypatch.setattr(sources, "hub_features", no_hub)
+    assert not is_hub_id(path)
+    expected = "matches no file or folder" if "*" in path else "does not exist"
+    with pytest.raises(ValueError, match=rf"dataset={re.escape(repr(path))}: .*{expected}"):
+        load_splits(path)
+    with pytest.raises(ValueError, match=expected):
+        _ = HFImageDataModule(path).num_classes  # the DataModule asks no Hub either
+
+
+def test_a_typo_in_a_local_path_shows_what_its_folder_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "my_images").mkdir(parents=True)
+    with pytest.raises(
+        ValueError,
+        match=r"'data/my_imgs' does not exist \('.*/data' holds \['my_images'\]\); expected an "
+        r"existing folder or parquet/arrow file\(s\), or a Hub id written as 'name' or 'org/name'",
+    ):
+        load_splits("data/my_imgs")
+
+
+@pytest.mark.parametrize(
+    "files,found",
+    [
+        (["0.png", "1.png", "2.jpg"], r"3 image file\(s\), 3 in '\.'"),  # flat
+        (["cat/0.png", "cat/1.png"], r"2 image file\(s\), 2 in 'cat'"),  # one class
+        (
+            ["train/cat/0.png", "validation/cat/1.png", "validation/cat/2.png"],
+            r"3 image file\(s\), 1 in 'train/cat', 2 in 'validation/cat'",
+        ),
+    ],
+)
+def test_a_folder_without_class_subfolders_says_what_it_found_and_expects(files, found, tmp_path):
+    write_images(tmp_path / "images", {name: i for i, name in enumerate(files)})
+    with pytest.raises(
+        ValueError,
+        match=rf"dataset='.*images' is an image folder without class labels: it holds {found}; "
+        r"expected one subfolder per class, at least two, .*pass them as predict_paths=",
+    ) as error:
+        _ = HFImageDataModule(str(tmp_path / "images")).num_classes
+    assert "label_column" not in str(error.value)
 
 
 def test_pick_split_lists_the_splits(coloured_dict):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Features, Image, Value
 
-from .sources import Source, describe
+from .sources import MAX_LISTED, Source, describe, images_by_folder
 
 CONVENTIONAL_LABELS = ("label", "labels")  # used when no column is a ClassLabel
 IMAGE_DTYPES = ("binary", "large_binary", "string", "large_string")  # bytes or paths: cast to Image
@@ -83,12 +84,33 @@ def find_label_column(
     if found:
         return found[0]
     if required:
+        check_labelled_folder(features, dataset)
         raise ValueError(
             f"dataset {describe(dataset)} has no label column (no ClassLabel feature, no column "
             f"named {' or '.join(CONVENTIONAL_LABELS)}); columns: {overview(features)}; "
             "pass label_column="
         )
     return None
+
+
+def check_labelled_folder(features: Features, dataset: Source) -> None:
+    """A ValueError for an image folder that imagefolder read without labels: its images are
+    not in one subfolder per class (imagefolder labels by subfolder only from two of them)."""
+    only_images = all(isinstance(f, Image) for f in features.values())
+    if not (isinstance(dataset, str) and only_images and Path(dataset).expanduser().is_dir()):
+        return
+    counts = images_by_folder(dataset)
+    if not counts:
+        return
+    where = [f"{n} in {folder!r}" for folder, n in sorted(counts.items())]
+    more = f" and {len(where) - MAX_LISTED} more folders" if len(where) > MAX_LISTED else ""
+    raise ValueError(
+        f"dataset={dataset!r} is an image folder without class labels: it holds "
+        f"{sum(counts.values())} image file(s), {', '.join(where[:MAX_LISTED])}{more}; expected "
+        "one subfolder per class, at least two, named after the classes (cat/1.png, dog/2.png, "
+        "...; optionally inside train/, validation/ and test/ folders); to predict on "
+        "unlabelled images, pass them as predict_paths= instead"
+    )
 
 
 def is_categorical(feature) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,11 @@ from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, Iterable
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# suffixes that make a string a file path: data and archive files, not just any dot (Hub names
+# such as "bigcode/the-stack-v1.2" have one)
+FILE_SUFFIXES = {*FILE_BUILDERS, *IMAGE_SUFFIXES, ".csv", ".json", ".jsonl", ".txt", ".zip", ".tar"}
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or org/name
+MAX_LISTED = 10  # entries an error lists
 
 Source = str | list[str] | Dataset | DatasetDict
 Splits = DatasetDict | IterableDatasetDict
@@ -32,16 +39,26 @@ def describe(dataset: Source) -> str:
 
 
 def is_hub_id(dataset: Source) -> bool:
-    """A string that names no local file, folder or glob: a Hugging Face Hub dataset id."""
+    """A string that names no local file, folder or glob and reads as ``name`` or ``org/name``:
+    a Hugging Face Hub dataset id. Anything else is a local path, which fails at once when it
+    does not exist, instead of after a Hub lookup."""
     if not isinstance(dataset, str):
         return False
-    path = Path(dataset).expanduser()
-    looks_local = (
+    return not Path(dataset).expanduser().exists() and not looks_local(dataset)
+
+
+def looks_local(dataset: str) -> bool:
+    """A path, not a Hub id: it starts with ``.``, ``/`` or ``~``, holds more than one ``/``,
+    ends in a file suffix, is a glob, is no ``name`` or ``org/name``, or its first component
+    exists here (``data/my_imgs`` next to a ``data`` folder)."""
+    return (
         dataset.startswith((".", "/", "~"))
-        or path.suffix in FILE_BUILDERS
+        or dataset.count("/") > 1
+        or Path(dataset).suffix.lower() in FILE_SUFFIXES
         or glob.has_magic(dataset)
+        or not HUB_NAME.fullmatch(dataset)
+        or Path(dataset.split("/", 1)[0]).exists()
     )
-    return not path.exists() and not looks_local
 
 
 def load_splits(
@@ -82,12 +99,20 @@ def local_files(dataset: str | list[str]) -> list[str]:
     files = []
     for entry in entries:
         expanded = str(Path(entry).expanduser())
-        matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
-        missing = [m for m in matches if not Path(m).exists()]
-        if not matches or missing:
+        if not glob.has_magic(expanded):
+            if not Path(expanded).exists():
+                raise ValueError(
+                    f"dataset={dataset!r}: {entry!r} does not exist ({missing_path(expanded)}); "
+                    "expected an existing folder or parquet/arrow file(s), or a Hub id written "
+                    "as 'name' or 'org/name' (a path-like string is not looked up on the Hub)"
+                )
+            files.append(expanded)
+            continue
+        matches = sorted(glob.glob(expanded))
+        if not matches:
             raise ValueError(
-                f"dataset={dataset!r}: {entry!r} matches no file or folder; expected a Hub id, "
-                "a folder, or parquet/arrow file(s)"
+                f"dataset={dataset!r}: {entry!r} matches no file or folder; expected a glob "
+                "that matches parquet/arrow files"
             )
         files += matches
     if len(files) > 1 and any(Path(f).is_dir() for f in files):
@@ -96,6 +121,31 @@ def local_files(dataset: str | list[str]) -> list[str]:
             "expected one folder or a list of files"
         )
     return files
+
+
+def missing_path(path: str) -> str:
+    """Where a missing path stops existing, for errors: what its folder holds (a typo shows), or
+    the first of its folders that does not exist."""
+    path = Path(path).absolute()
+    first_missing = path
+    while not first_missing.parent.exists():
+        first_missing = first_missing.parent
+    if first_missing != path:
+        return f"nor does {str(first_missing)!r}"
+    held = sorted(p.name for p in path.parent.iterdir())
+    more = f" and {len(held) - MAX_LISTED} more" if len(held) > MAX_LISTED else ""
+    return f"{str(path.parent)!r} holds {held[:MAX_LISTED]}{more}"
+
+
+def images_by_folder(folder: str) -> Counter:
+    """Image files under ``folder``, counted by the subfolder (relative, '.' for itself) that
+    holds them."""
+    root = Path(folder).expanduser()
+    return Counter(
+        str(f.parent.relative_to(root))
+        for f in root.rglob("*")
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def load_hub(name: str, config_name: str | None, streaming: bool, cache_dir: str | None) -> Splits:
