@@ -4,7 +4,8 @@
     nat-lightning export --ckpt_path ... --output model.onnx --format onnx
     nat-lightning export --ckpt_path ... --output exported/digits --push_to_hub me/nat-digits
 
-Nothing is left behind on failure: outputs are built in a temporary path and moved into place.
+Nothing is left behind on failure: outputs are built in a temporary path and moved into place,
+files 0644 and folders 0755 whatever the umask.
 """
 
 from __future__ import annotations
@@ -36,21 +37,47 @@ def load_checkpoint(ckpt_path: str):
     return model.eval(), checkpoint
 
 
-def preprocessor_config(checkpoint: dict) -> dict:
-    """transformers' ViTImageProcessor-style preprocessor_config.json from the data settings."""
+def data_settings(checkpoint: dict) -> tuple[int, float, list[float], list[float]]:
+    """``image_size``, ``crop_pct``, ``mean`` and ``std`` of the checkpoint's data module; older
+    checkpoints may lack them or hold None: 224, 0.875 and ImageNet's statistics then."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    size = int(data.get("image_size", 224))
+    size = int(data.get("image_size") or 224)
+    crop_pct = float(data.get("crop_pct") or 0.875)
+    return (
+        size,
+        crop_pct,
+        list(data.get("mean") or IMAGENET_MEAN),
+        list(data.get("std") or IMAGENET_STD),
+    )
+
+
+def preprocessor_config(checkpoint: dict) -> dict:
+    """transformers' preprocessor_config.json for our evaluation transform (data/transforms.py
+    ``eval_transform``): shorter side to ``int(image_size / crop_pct)``, bicubic, centre crop
+    ``image_size``, normalise.
+
+    CLIPImageProcessor does exactly that with ``size={"shortest_edge": int(image_size /
+    crop_pct)}`` and ``crop_size=image_size``, at every size and in transformers 4.x and 5.x alike,
+    and read_preprocessor_config reads crop_size / shortest_edge back as the crop_pct. Not
+    ViTImageProcessor: it ignores ``crop_pct`` and squashes the image to a square; nor
+    ConvNextImageProcessor: it squashes from 384 px on. One difference remains: albumentations
+    rounds the longer side, transformers floors it, so that side can be a pixel shorter there and
+    the crop a pixel off.
+    """
+    size, crop_pct, mean, std = data_settings(checkpoint)
     return {
-        "image_processor_type": "ViTImageProcessor",
+        "image_processor_type": "CLIPImageProcessor",
+        "do_convert_rgb": True,
         "do_resize": True,
-        "size": {"height": size, "width": size},
-        "crop_pct": data.get("crop_pct", 0.875),
-        "do_normalize": True,
-        "image_mean": list(data.get("mean") or IMAGENET_MEAN),
-        "image_std": list(data.get("std") or IMAGENET_STD),
+        "size": {"shortest_edge": int(size / crop_pct + 1e-9)},  # eval_transform's rounding
+        "resample": 3,  # PIL.Image.BICUBIC
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
-        "resample": 3,
+        "do_normalize": True,
+        "image_mean": mean,
+        "image_std": std,
     }
 
 
@@ -104,7 +131,8 @@ def export(
         ckpt_path: the Lightning checkpoint (.ckpt) to read.
         output: a folder (``hf``) or a ``.onnx`` file (``onnx``).
         format: ``hf`` = transformers layout with preprocessor_config.json and a model card;
-            ``onnx`` = an ONNX graph of the network for one fixed image size, torch attention backend.
+            ``onnx`` = an ONNX graph of the network for one fixed image size, torch attention backend
+            (pip install "nat-lightning[onnx]").
         overwrite: replace ``output`` when it exists.
         image_size: input size for ONNX; by default the one the data module used.
         opset: ONNX opset version.
@@ -116,6 +144,8 @@ def export(
         raise FileExistsError(f"output={output!r} already exists; pass --overwrite true to replace it")
     if push_to_hub and format != "hf":
         raise ValueError(f"push_to_hub needs format='hf', got {format=}")
+    if format == "onnx":
+        require_onnx()
     model, checkpoint = load_checkpoint(ckpt_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -124,9 +154,9 @@ def export(
             write_hf_folder(model, checkpoint, tmp)
             built = tmp
         else:
-            size = image_size or preprocessor_config(checkpoint)["size"]["height"]
             built = tmp / target.name
-            write_onnx(model, built, size, opset)
+            write_onnx(model, built, image_size or data_settings(checkpoint)[0], opset)
+        _share_modes(built)
         _move_into_place(built, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,6 +169,16 @@ def write_hf_folder(model, checkpoint: dict, folder: Path) -> None:
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(checkpoint), indent=2))
     (folder / "README.md").write_text(model_card(model, checkpoint))
+
+
+def require_onnx() -> None:
+    """torch.onnx.export writes through the ``onnx`` package, an optional dependency."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            'format="onnx" needs the onnx package: pip install "nat-lightning[onnx]"'
+        ) from err
 
 
 def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
@@ -158,6 +198,16 @@ def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
         Logits(network).eval(), (dummy,), str(path), input_names=["pixel_values"], output_names=["logits"],
         dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
     )
+
+
+def _share_modes(path: Path) -> None:
+    """Files 0644 and folders 0755, as a plain copy would be: mkdtemp makes its folder 0700."""
+    if path.is_dir():
+        path.chmod(0o755)
+        for child in path.iterdir():
+            _share_modes(child)
+    else:
+        path.chmod(0o644)
 
 
 def _move_into_place(built: Path, target: Path) -> None:
