@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nat_lightning.data.transforms import (
+    config_preprocessing,
     eval_transform,
     rand_augment,
     read_preprocessor_config,
@@ -109,10 +110,47 @@ def test_preprocessor_config_from_file_or_folder(tmp_path):
     }
     assert read_preprocessor_config(tmp_path) == expected
     assert read_preprocessor_config(tmp_path / "preprocessor_config.json") == expected
-    (tmp_path / "clip.json").write_text(
-        json.dumps({"size": {"shortest_edge": 256}, "crop_size": {"height": 224}})
-    )
-    assert read_preprocessor_config(tmp_path / "clip.json") == {"image_size": 224}
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        # ViTImageProcessor: resize to size; crop_pct as written (NAT's Hub files carry 0.875)
+        ({"size": {"height": 384, "width": 384}}, {"image_size": 384}),
+        ({"size": 224, "crop_pct": 0.875}, {"image_size": 224, "crop_pct": 0.875}),
+        # ConvNeXtImageProcessor: crop_pct below 384 px, no crop from 384 px on
+        ({"size": {"shortest_edge": 224}, "crop_pct": 0.875}, {"image_size": 224, "crop_pct": 0.875}),
+        ({"size": {"shortest_edge": 383}, "crop_pct": 0.9}, {"image_size": 383, "crop_pct": 0.9}),
+        ({"size": {"shortest_edge": 384}, "crop_pct": 0.875}, {"image_size": 384, "crop_pct": 1.0}),
+        ({"size": {"shortest_edge": 512}}, {"image_size": 512, "crop_pct": 1.0}),
+        # resize then centre-crop (CLIP, BiT; DeiT): crop / size
+        ({"size": {"shortest_edge": 256}, "crop_size": {"height": 224}}, {"image_size": 224, "crop_pct": 0.875}),
+        ({"size": {"height": 256, "width": 256}, "crop_size": 224}, {"image_size": 224, "crop_pct": 0.875}),
+        ({"crop_size": {"height": 160, "width": 160}}, {"image_size": 160}),
+    ],
+)  # fmt: skip
+def test_preprocessor_config_styles(tmp_path, config, expected):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    assert read_preprocessor_config(tmp_path) == expected
+
+
+def test_preprocessor_config_under_the_data_module_names(tmp_path):
+    config = {"image_mean": 0.5, "image_std": [0.1, 0.2, 0.3], "size": {"shortest_edge": 384}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    assert config_preprocessing(tmp_path) == {
+        "image_size": 384,
+        "crop_pct": 1.0,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.1, 0.2, 0.3),
+    }
+
+
+def test_a_crop_pct_from_a_ratio_resizes_to_the_exact_side():
+    # 100 / (100 / 127) is 126.99999999999999 in floats: the resize must still be 127 px
+    assert 100 / (100 / 127) < 127
+    assert eval_transform(100, crop_pct=100 / 127).transforms[0].max_size == 127
+    assert eval_transform(224, crop_pct=0.875).transforms[0].max_size == 256
+    assert eval_transform(224, crop_pct=0.9).transforms[0].max_size == 248  # floor of 248.9
 
 
 def test_preprocessor_config_errors(tmp_path):

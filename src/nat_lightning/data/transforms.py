@@ -20,6 +20,15 @@ from albumentations.pytorch import ToTensorV2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_MAGNITUDE = 10.0  # RandAugment's magnitude scale, as in the paper and timm
+# what HFImageDataModule falls back to when no argument, preprocessor_config or LightningModule
+# sets a value: timm's ImageNet evaluation
+BUILT_IN_PREPROCESSING = {
+    "image_size": 224,
+    "crop_pct": 0.875,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+}
+NO_CROP_FROM = 384  # ConvNeXtImageProcessor resizes without cropping from this shortest_edge on
 
 
 def rand_augment(num_ops: int, magnitude: float) -> A.SomeOf:
@@ -106,10 +115,12 @@ def eval_transform(
     crop_pct: float = 0.875,
 ) -> A.Compose:
     """Resize the shorter side to ``int(image_size / crop_pct)`` (bicubic), then centre-crop
-    ``image_size``."""
+    ``image_size``. The 1e-9 keeps a crop_pct computed as crop / size (e.g. 224 / 248) from
+    flooring one pixel short of ``size``."""
+    resized = int(image_size / crop_pct + 1e-9)
     return A.Compose(
         [
-            A.SmallestMaxSize(max_size=int(image_size / crop_pct), interpolation=cv2.INTER_CUBIC),
+            A.SmallestMaxSize(max_size=resized, interpolation=cv2.INTER_CUBIC),
             A.CenterCrop(height=image_size, width=image_size),
             A.Normalize(mean=mean, std=std),
             ToTensorV2(),
@@ -127,7 +138,14 @@ def reseed(transform: A.BaseCompose) -> None:
 
 def read_preprocessor_config(path: str | Path) -> dict:
     """``image_mean``, ``image_std``, ``crop_pct`` and ``image_size`` from a transformers
-    ``preprocessor_config.json`` (the file, or a folder that holds it); only the keys it has."""
+    ``preprocessor_config.json`` (the file, or a folder that holds it); only the keys it has.
+
+    ``size`` as an int or ``{"height", "width"}`` (ViTImageProcessor) is the image size, and a
+    ``crop_pct`` is taken as written. ``{"shortest_edge"}`` is ConvNeXtImageProcessor's: the crop
+    keeps ``crop_pct`` of the resized side, except from NO_CROP_FROM px on, where transformers
+    resizes without cropping (crop_pct 1.0). With a ``crop_size`` (CLIP, BiT, DeiT: resize to
+    ``size``, then centre-crop) the crop is the image size and crop / size the crop_pct.
+    """
     path = Path(path)
     file = path / "preprocessor_config.json" if path.is_dir() else path
     if not file.is_file():
@@ -148,11 +166,32 @@ def read_preprocessor_config(path: str | Path) -> dict:
             out[key] = tuple(float(v) for v in value)
     if data.get("crop_pct") is not None:
         out["crop_pct"] = float(data["crop_pct"])
-    size = data.get("crop_size") or data.get("size")
-    if isinstance(size, int):
+    size, crop = side_of(data.get("size")), side_of(data.get("crop_size"))
+    if crop is not None:
+        out["image_size"] = crop
+        if size is not None and crop <= size:
+            out["crop_pct"] = crop / size
+    elif size is not None:
         out["image_size"] = size
-    elif isinstance(size, dict):
-        side = size.get("height") or size.get("shortest_edge") or size.get("width")
-        if side is not None:
-            out["image_size"] = int(side)
+        convnext = isinstance(data["size"], dict) and "shortest_edge" in data["size"]
+        if convnext and size >= NO_CROP_FROM:
+            out["crop_pct"] = 1.0
     return out
+
+
+def side_of(size: int | dict | None) -> int | None:
+    """The side of a square from a preprocessor config's ``size`` or ``crop_size``."""
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        side = size.get("height") or size.get("shortest_edge") or size.get("width")
+        return None if side is None else int(side)
+    return None
+
+
+def config_preprocessing(path: str | Path) -> dict:
+    """A preprocessor_config.json under HFImageDataModule's names: ``image_size``, ``crop_pct``,
+    ``mean``, ``std`` (only those it gives); what a LightningModule's ``preprocessing`` holds."""
+    names = {"image_size": "image_size", "crop_pct": "crop_pct", "image_mean": "mean",
+             "image_std": "std"}  # fmt: skip
+    return {names[key]: value for key, value in read_preprocessor_config(path).items()}
