@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import datasets
+import lightning as L
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
@@ -27,6 +28,19 @@ PLAIN = {
     "color_jitter": 0.0,
     "random_erasing": 0.0,
 }
+
+
+def quiet_trainer(**overrides) -> L.Trainer:
+    """A one-epoch CPU Trainer that writes nothing and prints no progress."""
+    settings = {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**settings, **overrides})
 
 
 @pytest.fixture(autouse=True)

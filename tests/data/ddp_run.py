@@ -1,6 +1,8 @@
-"""Run by test_ddp.py as ``python -m tests.data.ddp_run OUT_DIR``: two DDP processes (gloo on the
-CPU) train and validate on a streamed dataset whose size divides by neither the ranks, the workers
-nor the batch size. Each rank writes, per epoch, the example ids it trained and validated on.
+"""Run by test_ddp.py as ``python -m tests.data.ddp_run OUT_DIR [broken]``: two DDP processes (gloo
+on the CPU) train and validate on a streamed dataset whose size divides by neither the ranks, the
+workers nor the batch size. Each rank writes, per epoch, the example ids it trained and validated
+on. With ``broken``, most training images (map-style, so named by row) do not decode, and
+SkippedImagesReport stops the run on every rank.
 
 strategy="ddp" starts each rank as a fresh ``python -m`` process, whose DataLoader workers fork;
 under "ddp_spawn" the workers would be spawned too and re-import torch, costing ~40 s here."""
@@ -12,12 +14,14 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from tests.data.conftest import PLAIN, coloured, ids_in
 
+from nat_lightning.callbacks.skipped_images import SkippedImagesReport
 from nat_lightning.data import HFImageDataModule
 
 TRAIN, VAL = range(45), range(100, 113)
+BROKEN = [i for i in TRAIN if i % 4]  # broken mode: 33 of the 45 training images do not decode
 
 
 class Recorder(L.LightningModule):
@@ -58,10 +62,19 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def main(out: str) -> None:
-    data = DatasetDict({"train": coloured(TRAIN), "validation": coloured(VAL)})
+def main(out: str, broken: bool = False) -> None:
+    train = coloured(TRAIN)
+    if broken:
+        rows = train.to_dict()
+        for i in BROKEN:
+            rows["img"][i] = {"bytes": b"not an image", "path": None}
+        train = Dataset.from_dict(rows, features=train.features)
+    data = DatasetDict({"train": train, "validation": coloured(VAL)})
     dm = HFImageDataModule(
-        data, streaming=True, shuffle_buffer=8, **{**PLAIN, "batch_size": 4, "num_workers": 2}
+        data,
+        streaming=not broken,
+        shuffle_buffer=8,
+        **{**PLAIN, "batch_size": 4, "num_workers": 2},
     )
     trainer = L.Trainer(
         accelerator="cpu",
@@ -73,9 +86,10 @@ def main(out: str) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=[SkippedImagesReport()] if broken else [],
     )
     trainer.fit(Recorder(out), datamodule=dm)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], broken=sys.argv[2:] == ["broken"])

@@ -4,12 +4,14 @@ predict ids, preprocessing settings, and the errors for bad input."""
 import json
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from datasets import (
     ClassLabel,
     Dataset,
+    DatasetDict,
     Features,
     Image,
     IterableDatasetDict,
@@ -21,7 +23,9 @@ from datasets import (
 
 from nat_lightning.data import DIGITS_PARQUET, HFImageDataModule, sources
 
-from .conftest import PLAIN, colour_of, coloured, id_of, png
+from .conftest import PLAIN, colour_of, coloured, id_of, png, quiet_trainer, write_images
+
+FEATURES = coloured([]).features  # of every coloured dataset
 
 
 def examples(loader) -> list[tuple[int, int]]:
@@ -163,32 +167,166 @@ def test_predict_on_paths_and_on_a_split(imagefolder, coloured_dict):
     assert [id_of(p) for b in batches for p in b["pixel_values"]] == list(range(100, 111))
 
 
-def test_preprocessor_config_sets_the_evaluation_transform(tmp_path):
-    (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_mean": [0.5, 0.5, 0.5],
-                "image_std": [0.25, 0.25, 0.25],
-                "crop_pct": 0.9,
-                "size": {"height": 12},
-            }
+def test_predict_batches_list_every_input_and_which_decoded(tmp_path, coloured_dict):
+    files = {"0.png": 10, "1.png": "zero-byte", "2.png": "truncated", "3.png": "zero-byte"}
+    paths = write_images(tmp_path / "in", {**files, "4.png": 14})
+    dm = HFImageDataModule(
+        coloured_dict, predict_paths=str(tmp_path / "in"), **{**PLAIN, "batch_size": 2}
+    )
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert [b["ids"] for b in batches] == [paths[0:2], paths[2:4], paths[4:]]
+    assert [b["decoded"] for b in batches] == [[True, False], [False, False], [True]]
+    assert [[id_of(p) for p in b["pixel_values"]] for b in batches] == [[10], [], [14]]
+    assert batches[1]["pixel_values"].shape == (0, 3, 8, 8)  # a batch of undecodable files only
+    assert [b["skipped_names"] for b in batches] == [paths[1:2], paths[2:4], []]
+
+    data = coloured_dict["validation"].to_dict()
+    for row in (2, 5):
+        data["img"][row] = {"bytes": b"not an image", "path": None}
+    corrupt = DatasetDict(
+        {**coloured_dict, "validation": Dataset.from_dict(data, features=FEATURES)}
+    )
+    dm = HFImageDataModule(corrupt, predict_split="validation", **PLAIN)
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert [i for b in batches for i in b["ids"]] == list(range(11))  # every row, in order
+    assert [ok for b in batches for ok in b["decoded"]] == [i not in (2, 5) for i in range(11)]
+    assert [id_of(p) for b in batches for p in b["pixel_values"]] == [
+        100 + i for i in range(11) if i not in (2, 5)
+    ]
+    assert [n for b in batches for n in b["skipped_names"]] == ["row 2", "row 5"]
+
+
+def test_predicting_on_a_hub_stream_keeps_the_undecodable_rows(tmp_path, monkeypatch):
+    fake_hub(tmp_path, monkeypatch, {"train": [3], "validation": [4, 3]}, broken={4, 8})
+    ids, decoded, pixels = [], [], []
+    for rank in range(2):
+        dm = HFImageDataModule(
+            "someone/coloured", streaming=True, predict_split="validation", **PLAIN
         )
+        for batch in on_rank(dm, rank, 2).predict_dataloader():
+            ids += batch["ids"]
+            decoded += batch["decoded"]
+            pixels += [id_of(p) for p in batch["pixel_values"]]
+    assert sorted(zip(ids, decoded)) == [(row, row + 3 not in (4, 8)) for row in range(7)]
+    assert sorted(pixels) == [3, 5, 6, 7, 9]  # validation ids 3..9 minus the broken 4 and 8
+
+
+CONFIG = {  # a preprocessor_config.json, and what it means to the data module
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.25, 0.25, 0.25],
+    "crop_pct": 0.9,
+    "size": {"height": 12, "width": 12},
+}
+FROM_CONFIG = {"image_size": 12, "crop_pct": 0.9, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+PARTIAL_CONFIG = {"size": {"shortest_edge": 14}}  # ConvNeXt style: only the size (below 384)
+MODULE = {"image_size": 16, "crop_pct": 0.8, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
+ARGUMENTS = {"image_size": 20, "crop_pct": 0.7, "mean": (0.7, 0.7, 0.7), "std": (0.9, 0.9, 0.9)}
+BUILT_IN = {"image_size": 224, "crop_pct": 0.875, "mean": (0.485, 0.456, 0.406)}
+BUILT_IN["std"] = (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize(
+    "given", [(), ("image_size",), ("crop_pct", "std"), ("image_size", "crop_pct", "mean", "std")]
+)
+@pytest.mark.parametrize("config", [None, "full", "partial"])
+@pytest.mark.parametrize("module", [False, True])
+def test_preprocessing_precedence(tmp_path, given, config, module):
+    """An argument > the preprocessor_config > the LightningModule's defaults > built-in, per key;
+    every source has its own values, so each expected value names the source that must win."""
+    file = {"full": CONFIG, "partial": PARTIAL_CONFIG}.get(config)
+    if file is not None:
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(file))
+    dm = HFImageDataModule(
+        preprocessor_config=str(tmp_path) if file else None,
+        **{key: ARGUMENTS[key] for key in given},
     )
-    dm = HFImageDataModule(preprocessor_config=str(tmp_path))
-    assert (dm.mean, dm.std, dm.crop_pct, dm.image_size) == ((0.5,) * 3, (0.25,) * 3, 0.9, 12)
-    assert dm.hparams.image_size == 12 and dm.hparams.mean == (0.5,) * 3  # what export writes
-    assert HFImageDataModule(preprocessor_config=str(tmp_path), mean=(0.1, 0.2, 0.3)).mean == (
-        0.1,
-        0.2,
-        0.3,
+    resolved = dm.resolve_preprocessing(MODULE if module else None)
+    for key, built_in in BUILT_IN.items():
+        if key in given:
+            expected = ARGUMENTS[key]
+        elif config == "full":
+            expected = FROM_CONFIG[key]
+        elif config == "partial" and key == "image_size":
+            expected = 14
+        else:
+            expected = MODULE[key] if module else built_in
+        assert resolved[key] == getattr(dm, key) == dm.hparams[key] == expected, key
+
+
+def test_preprocessing_before_setup_and_the_first_source_that_gives_a_value_keeps_it(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(PARTIAL_CONFIG))
+    dm = HFImageDataModule(preprocessor_config=str(tmp_path), crop_pct=0.5)
+    # no setup, no trainer: the arguments, the config and the built-in defaults
+    assert (dm.image_size, dm.crop_pct, dm.mean, dm.std) == (
+        14,
+        0.5,
+        BUILT_IN["mean"],
+        BUILT_IN["std"],
     )
-    assert (
-        HFImageDataModule().mean == (0.485, 0.456, 0.406) and HFImageDataModule().image_size == 224
-    )
-    batch = next(
-        iter(HFImageDataModule(preprocessor_config=str(tmp_path), num_workers=0).val_dataloader())
-    )
-    assert batch["pixel_values"].shape[-2:] == (12, 12)
+    assert dm.val_dataloader().collate_fn.image_size == 14
+    dm.resolve_preprocessing({"mean": (0.2, 0.2, 0.2)})  # fills a built-in value...
+    dm.resolve_preprocessing({"mean": (0.3, 0.3, 0.3), "std": [0.5, 0.5, 0.5]})  # ...only once
+    assert (dm.mean, dm.std) == ((0.2, 0.2, 0.2), (0.5, 0.5, 0.5))
+    assert HFImageDataModule().resolve_preprocessing() == BUILT_IN
+
+
+@pytest.mark.parametrize(
+    "defaults,message",
+    [
+        ({"crop_pct": 1.5}, r"crop_pct=1.5 from defaults: expected in \(0, 1\] or None"),
+        ({"std": (1.0, 0.0, 1.0)}, r"std=\(1.0, 0.0, 1.0\) from defaults: expected 3 positive"),
+        ({"size": 224}, r"defaults has keys \['size'\]: expected only \['crop_pct', 'image_size'"),
+    ],
+)
+def test_bad_preprocessing_defaults(defaults, message):
+    with pytest.raises(ValueError, match=message):
+        HFImageDataModule().resolve_preprocessing(defaults)
+
+
+def test_a_bad_preprocessor_config_value_names_the_file(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"crop_pct": 0.0}))
+    with pytest.raises(
+        ValueError, match=r"crop_pct=0.0 from preprocessor_config='.*': expected in \(0, 1\]"
+    ):
+        HFImageDataModule(preprocessor_config=str(tmp_path))
+
+
+class Module(L.LightningModule):
+    """Offers preprocessing defaults, as NatClassifier does, and records the batch sizes."""
+
+    def __init__(self, preprocessing):
+        super().__init__()
+        self.preprocessing = preprocessing
+        self.layer = torch.nn.Linear(3, 4)
+        self.sides, self.ids = [], []
+
+    def training_step(self, batch, batch_idx):
+        self.sides.append(batch["pixel_values"].shape[-1])
+        self.ids += [id_of(p + 0.5) for p in batch["pixel_values"]]  # mean 0.5 taken off
+        return self.layer(batch["pixel_values"].mean(dim=(2, 3))).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_setup_takes_the_modules_defaults_and_checkpoints_keep_the_result(tmp_path, coloured_dict):
+    settings = {k: v for k, v in PLAIN.items() if k not in ("image_size", "mean")}
+    dm = HFImageDataModule(coloured_dict, val_split=None, **settings)
+    assert dm.image_size == 224 and dm.hparams.mean == BUILT_IN["mean"]  # before setup
+    module = Module({"image_size": 12, "mean": (0.5, 0.5, 0.5), "std": (2.0, 2.0, 2.0)})
+    trainer = quiet_trainer(default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    assert set(module.sides) == {12} and sorted(module.ids) == list(range(37))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["datamodule_hyper_parameters"]
+    assert {key: saved[key] for key in BUILT_IN} == {
+        "image_size": 12,  # the module's
+        "crop_pct": 1.0,  # the arguments'
+        "mean": (0.5, 0.5, 0.5),  # the module's
+        "std": (1.0, 1.0, 1.0),  # the argument beats the module
+    }
 
 
 def test_in_memory_datasets_stay_out_of_the_hyperparameters(coloured_dataset):
@@ -199,14 +337,18 @@ def test_in_memory_datasets_stay_out_of_the_hyperparameters(coloured_dataset):
     )
 
 
-def fake_hub(tmp_path, monkeypatch, sizes: dict[str, list[int]]):
-    """A Hub id whose splits stream from parquet files of uneven sizes; ids count up."""
+def fake_hub(tmp_path, monkeypatch, sizes: dict[str, list[int]], broken=frozenset()):
+    """A Hub id whose splits stream from parquet files of uneven sizes; ids count up; the images
+    of the ids in ``broken`` do not decode."""
     streams, start = {}, 0
     for split, file_sizes in sizes.items():
         files = []
         for k, n in enumerate(file_sizes):
             files.append(str(tmp_path / f"{split}-{k}.parquet"))
-            coloured(range(start, start + n)).to_parquet(files[-1])
+            rows = coloured(range(start, start + n)).to_dict()
+            for k in broken & set(range(start, start + n)):
+                rows["img"][k - start] = {"bytes": b"not an image", "path": None}
+            Dataset.from_dict(rows, features=FEATURES).to_parquet(files[-1])
             start += n
         stream = load_dataset("parquet", data_files=files, split="train", streaming=True)
         stream.info.splits = SplitDict(

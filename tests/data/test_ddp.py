@@ -4,6 +4,7 @@ steps, and nothing hangs (a hang fails the test after a timeout)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from .ddp_run import TRAIN, VAL
+from .ddp_run import BROKEN, TRAIN, VAL
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
 
 
-@pytest.mark.slow
-def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path):
+def run_ddp(tmp_path, *args: str) -> tuple[int, str]:
+    """``python -m tests.data.ddp_run tmp_path *args``: its exit status and output; a failure
+    when it runs past TIMEOUT_S (a hang)."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -27,7 +29,7 @@ def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path):
         "PYTHONPATH": str(ROOT),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.data.ddp_run", str(tmp_path)],
+        [sys.executable, "-m", "tests.data.ddp_run", str(tmp_path), *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -40,7 +42,13 @@ def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)  # the ranks and their workers too
         output, _ = process.communicate()
         pytest.fail(f"DDP run hung for {TIMEOUT_S} s:\n{output.decode()[-3000:]}")
-    assert process.returncode == 0, output.decode()[-3000:]
+    return process.returncode, output.decode()
+
+
+@pytest.mark.slow
+def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path):
+    returncode, output = run_ddp(tmp_path)
+    assert returncode == 0, output[-3000:]
 
     orders = []
     for epoch in (0, 1):
@@ -52,3 +60,20 @@ def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path):
         assert ranks[0]["padding_batches"] + ranks[1]["padding_batches"] > 0
         orders.append([r["order"] for r in ranks])
     assert orders[0] != orders[1]  # reshuffled for the second epoch
+
+
+@pytest.mark.slow
+def test_too_many_undecodable_images_stop_every_rank_naming_rows_of_both(tmp_path):
+    returncode, output = run_ddp(tmp_path, "broken")
+    assert returncode != 0
+    # 45 rows on 2 ranks: the DistributedSampler repeats one, so 46 are read
+    message = re.search(
+        r"ValueError: (\d+) of 46 images in train \(epoch 0, all ranks\) could not be decoded "
+        r"\(the first 10 per rank: \[(.*?)\]\): more than max_skipped_fraction=0.5",
+        output,
+    )
+    assert message is not None, output[-3000:]
+    assert int(message.group(1)) in (len(BROKEN), len(BROKEN) + 1)
+    rows = [int(row) for row in re.findall(r"'row (\d+)'", message.group(2))]
+    assert len(rows) == 20 and set(rows) <= set(BROKEN)  # ten from each rank
+    assert len(set(rows)) >= 19  # the ranks read different rows (one may be the repeated one)

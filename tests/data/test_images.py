@@ -9,7 +9,16 @@ import torch
 from PIL import Image
 
 from nat_lightning.data.columns import Columns
-from nat_lightning.data.images import Collate, ExampleDecoder, ImageExamples, decode_image, to_rgb
+from nat_lightning.data.images import (
+    MAX_NAMED,
+    Collate,
+    ExampleDecoder,
+    ImageExamples,
+    SkipTally,
+    Undecodable,
+    decode_image,
+    to_rgb,
+)
 from nat_lightning.data.transforms import eval_transform
 
 
@@ -114,8 +123,11 @@ def test_decoder_labels_and_collate_counts_the_broken():
         {"image": good, "label": -1},
     ]  # -1: a ClassLabel's "no label"
     examples = ImageExamples(rows, decoder, ids=True)
+    assert examples[1] == Undecodable(id=1, name="row 1")  # the id survives, the row names it
     batch = Collate(4)([examples[i] for i in range(3)])
-    assert batch["num_skipped"] == 1 and batch["ids"] == [0, 2]
+    assert batch["num_skipped"] == 1 and batch["num_examples"] == 3
+    assert batch["skipped_names"] == ["row 1"]
+    assert batch["ids"] == [0, 1, 2] and batch["decoded"] == [True, False, True]  # every input
     assert batch["labels"].tolist() == [1, -100] and batch["labels"].dtype == torch.int64
     assert (
         batch["pixel_values"].shape == (2, 3, 4, 4) and batch["pixel_values"].dtype == torch.float32
@@ -128,9 +140,42 @@ def test_decoder_labels_and_collate_counts_the_broken():
     assert strings({"image": good, "kind": "bee"})["labels"] == 1
     assert strings({"image": good})["labels"] == -100  # a split without the label column
 
-    empty = Collate(4)([None, None])
-    assert (
-        empty["num_skipped"] == 2
-        and empty["pixel_values"].shape == (0, 3, 4, 4)
-        and len(empty["labels"]) == 0
-    )
+    empty = Collate(4)([Undecodable(), Undecodable(name="/data/x.png")])
+    assert empty["num_skipped"] == 2 and empty["skipped_names"] == ["/data/x.png"]
+    assert empty["pixel_values"].shape == (0, 3, 4, 4) and len(empty["labels"]) == 0
+    assert "ids" not in empty and "decoded" not in empty  # no ids: not a predict batch
+
+
+def test_undecodable_examples_are_named_by_path_else_row(tmp_path):
+    columns = Columns("image", None, (), None)
+    decoder = ExampleDecoder(columns, eval_transform(4, (0, 0, 0), (1, 1, 1), 1.0), random=False)
+    (tmp_path / "bad.png").write_bytes(b"")
+    rows = [
+        {"image": {"bytes": None, "path": str(tmp_path / "bad.png")}},
+        {"image": {"bytes": b"junk", "path": "photos/7.jpg"}},  # bytes win, the path names it
+        {"image": str(tmp_path / "missing.png")},
+        {"image": {"bytes": b"junk", "path": None}},
+    ]
+    names = [ImageExamples(rows, decoder)[i].name for i in range(4)]
+    assert names == [
+        str(tmp_path / "bad.png"),
+        "photos/7.jpg",
+        str(tmp_path / "missing.png"),
+        "row 3",
+    ]
+    assert decoder(rows[3]) == Undecodable(None, None)  # a streamed row: no index, no path
+
+
+def test_a_tally_takes_the_counts_out_of_batches():
+    tally = SkipTally()
+    for names in (["a", "b"], [f"n{i}" for i in range(12)]):
+        batch = {
+            "labels": [],
+            "num_examples": 20,
+            "num_skipped": len(names),
+            "skipped_names": names,
+        }
+        tally.take(batch)
+        assert batch == {"labels": []}
+    assert (tally.seen, tally.skipped) == (40, 14)
+    assert tally.names == ["a", "b"] + [f"n{i}" for i in range(MAX_NAMED - 2)]

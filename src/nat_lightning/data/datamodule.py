@@ -1,8 +1,10 @@
 """HFImageDataModule: image classification data from any Hugging Face ``datasets`` source.
 
 Batches are ``{"pixel_values": (B, 3, H, W) float32, "labels": (B,) int64}``; predict batches add
-``"ids"`` (file paths, or row indices of the split). Undecodable images are dropped and counted
-(``skipped``, reported by nat_lightning.callbacks.skipped_images.SkippedImagesReport).
+``"ids"`` (file paths, or row indices of the split) for every input and ``"decoded"`` (which of
+them are rows of pixel_values). Undecodable images are dropped, counted and named per stage
+(``tallies``), which nat_lightning.callbacks.skipped_images.SkippedImagesReport reports and checks
+against ``max_skipped_fraction``; a batch of undecodable images only has B = 0.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .columns import Columns, resolve_columns
 from .digits import DIGITS_PARQUET
-from .images import Collate, ExampleDecoder, ImageExamples
+from .images import Collate, ExampleDecoder, ImageExamples, SkipTally
 from .sources import (
     Split,
     Splits,
@@ -33,14 +35,14 @@ from .sources import (
 )
 from .streaming import EvenLoader, StreamingExamples, rank_stream
 from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    BUILT_IN_PREPROCESSING,
+    config_preprocessing,
     eval_transform,
-    read_preprocessor_config,
     train_transform,
 )
 
 log = logging.getLogger(__name__)
+BUILT_IN = "the built-in default"  # the source of a preprocessing value nothing else gave
 
 
 class HFImageDataModule(L.LightningDataModule):
@@ -56,6 +58,11 @@ class HFImageDataModule(L.LightningDataModule):
     ``split_dataset_by_node`` divides the ranks, each example is read once per epoch, and every
     rank yields the same number of batches, short ranks padding with ``labels = -100``.
     Map-style data gets Lightning's DistributedSampler instead.
+
+    Preprocessing (``image_size``, ``crop_pct``, ``mean``, ``std``): an argument wins, then the
+    ``preprocessor_config`` file, then the defaults the LightningModule offers as its
+    ``preprocessing`` dict (read in ``setup``), then BUILT_IN_PREPROCESSING (224, 0.875,
+    ImageNet mean/std). See ``resolve_preprocessing``.
     """
 
     def __init__(
@@ -70,8 +77,8 @@ class HFImageDataModule(L.LightningDataModule):
         label_column: str | None = None,
         streaming: bool = False,
         shuffle_buffer: int = 1000,
-        image_size: int = 224,
-        crop_pct: float = 0.875,
+        image_size: int | None = None,
+        crop_pct: float | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
         hflip: float = 0.5,
         rand_augment_ops: int = 2,
@@ -89,6 +96,7 @@ class HFImageDataModule(L.LightningDataModule):
         predict_split: str | None = None,
         predict_paths: str | list[str] | None = None,
         cache_dir: str | None = None,
+        max_skipped_fraction: float = 0.5,
     ):
         """Args:
         dataset: a Hub id, a local folder (imagefolder layout, or parquet/arrow files named by
@@ -105,21 +113,23 @@ class HFImageDataModule(L.LightningDataModule):
         label_column: label column; the ClassLabel column (else one named label/labels) when None.
         streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of map-style.
         shuffle_buffer: examples in the streaming shuffle buffer.
-        image_size: side of the square training and evaluation crops.
+        image_size: side of the square training and evaluation crops; None: the
+            preprocessor_config's, else the LightningModule's, else 224.
         crop_pct: evaluation resizes the shorter side to ``int(image_size / crop_pct)``, then
-            centre-crops.
+            centre-crops; None: the preprocessor_config's, else the LightningModule's, else 0.875.
         crop_scale: area range of the training RandomResizedCrop.
         hflip: probability of a horizontal flip.
         rand_augment_ops: RandAugment ops applied per image; 0 disables RandAugment.
         rand_augment_magnitude: RandAugment magnitude on 0..10.
         color_jitter: brightness, contrast and saturation jitter; 0 disables it.
         random_erasing: probability of erasing a random box.
-        mean: normalisation mean (RGB, 0..1 scale); the preprocessor config's or ImageNet's when
-            None.
-        std: normalisation std; the preprocessor config's or ImageNet's when None.
-        preprocessor_config: a transformers preprocessor_config.json (or its folder); its
-            image_mean/image_std (unless mean/std are given), crop_pct and size replace the
-            arguments.
+        mean: normalisation mean (RGB, 0..1 scale); None: the preprocessor_config's, else the
+            LightningModule's, else ImageNet's.
+        std: normalisation std; None: the preprocessor_config's, else the LightningModule's, else
+            ImageNet's.
+        preprocessor_config: a transformers preprocessor_config.json (or its folder); its size,
+            crop_pct, image_mean and image_std fill image_size, crop_pct, mean and std where
+            those are None.
         batch_size: examples per batch and process.
         num_workers: DataLoader worker processes; min(4, CPU count) when None.
         pin_memory: pin batches in page-locked memory; None: True when CUDA is available.
@@ -129,6 +139,9 @@ class HFImageDataModule(L.LightningDataModule):
         predict_paths: a folder of images or a list of image files to run ``predict`` on; ids
             are the paths.
         cache_dir: where ``datasets`` caches downloads and Arrow files; its default cache when None.
+        max_skipped_fraction: a stage's epoch (train, validate, test, predict) whose share of
+            undecodable images exceeds this stops the run with an error naming them (a wrong
+            root, a missing codec); 1.0 never stops.
         """
         super().__init__()
         # an in-memory dataset has no place in a checkpoint: it is recorded by its description
@@ -137,23 +150,74 @@ class HFImageDataModule(L.LightningDataModule):
         in_memory = not (dataset is None or isinstance(dataset, (str, list)))
         self.hparams["dataset"] = describe(dataset) if in_memory else dataset
         self.dataset = DIGITS_PARQUET if dataset is None else dataset
-        pre = (
-            read_preprocessor_config(preprocessor_config) if preprocessor_config is not None else {}
+        given = {"image_size": image_size, "crop_pct": crop_pct, "mean": mean, "std": std}
+        self._arguments = {key: value for key, value in given.items() if value is not None}
+        self._from_config = (
+            config_preprocessing(preprocessor_config) if preprocessor_config is not None else {}
         )
-        self.image_size = pre.get("image_size", image_size)
-        self.crop_pct = pre.get("crop_pct", crop_pct)
-        self.mean = tuple(mean or pre.get("image_mean") or IMAGENET_MEAN)
-        self.std = tuple(std or pre.get("image_std") or IMAGENET_STD)
-        self.hparams.update(
-            image_size=self.image_size, crop_pct=self.crop_pct, mean=self.mean, std=self.std
-        )
+        self._preprocessing: dict = {}  # key -> value, resolved
+        self._source: dict[str, str] = {}  # key -> where its value came from
+        self.resolve_preprocessing()  # provisional: setup() may fill built-in values from the model
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = (
             self.num_workers > 0 if persistent_workers is None else persistent_workers
         )
-        self.skipped: dict[str, int] = {}  # undecodable images per trainer stage, until reported
+        self.tallies: dict[str, SkipTally] = {}  # per trainer stage, until reported
         self._epoch = 0  # used when no trainer is attached (set_epoch)
+
+    # -- preprocessing: arguments > preprocessor_config > the LightningModule's > built-in ------
+
+    def resolve_preprocessing(self, defaults: dict | None = None) -> dict:
+        """``image_size``, ``crop_pct``, ``mean`` and ``std``, each from the first that gives it:
+        the argument, the ``preprocessor_config`` file, ``defaults`` (``setup`` passes the
+        LightningModule's ``preprocessing``), BUILT_IN_PREPROCESSING.
+
+        Only values still at their built-in fallback are filled again, so the first source that
+        gave a value keeps it. The result is written to ``hparams``, which checkpoints keep.
+        """
+        return self._resolve(defaults, "defaults")
+
+    def _resolve(self, defaults: dict | None, origin: str) -> dict:
+        defaults = defaults or {}
+        unknown = sorted(set(defaults) - set(BUILT_IN_PREPROCESSING))
+        if unknown:
+            raise ValueError(
+                f"{origin} has keys {unknown}: expected only {sorted(BUILT_IN_PREPROCESSING)}"
+            )
+        sources = (
+            ("the argument", self._arguments),
+            (f"preprocessor_config={self.hparams.preprocessor_config!r}", self._from_config),
+            (origin, defaults),
+            (BUILT_IN, BUILT_IN_PREPROCESSING),
+        )
+        for key in BUILT_IN_PREPROCESSING:
+            if self._source.get(key, BUILT_IN) != BUILT_IN:
+                continue  # an earlier source gave it
+            source, value = next((s, v[key]) for s, v in sources if v.get(key) is not None)
+            valid, expected = RANGES[key]
+            if not valid(value):
+                raise ValueError(f"{key}={value!r} from {source}: expected {expected}")
+            self._preprocessing[key] = PREPROCESSING_TYPES[key](value)
+            self._source[key] = source
+        self.hparams.update(self._preprocessing)
+        return dict(self._preprocessing)
+
+    @property
+    def image_size(self) -> int:
+        return self._preprocessing["image_size"]
+
+    @property
+    def crop_pct(self) -> float:
+        return self._preprocessing["crop_pct"]
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self._preprocessing["mean"]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self._preprocessing["std"]
 
     # -- what the data is: resolved lazily, without decoding images ----------------------------
 
@@ -247,7 +311,11 @@ class HFImageDataModule(L.LightningDataModule):
             _ = self.all_splits  # loads (and caches) every split
 
     def setup(self, stage: str | None = None) -> None:
-        """Resolve the splits the stage needs, so that a wrong name fails here and not mid-run."""
+        """Fill the preprocessing the arguments and preprocessor_config leave open from the
+        LightningModule's ``preprocessing``; resolve the splits the stage needs, so that a wrong
+        name fails here and not mid-run."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        self._resolve(getattr(module, "preprocessing", None), "the LightningModule's preprocessing")
         if stage == "predict" and self.hparams.predict_paths is not None:
             image_files(self.hparams.predict_paths)
             return
@@ -274,17 +342,18 @@ class HFImageDataModule(L.LightningDataModule):
         if self.hparams.predict_paths is not None:
             files = image_files(self.hparams.predict_paths)
             rows = Dataset.from_dict({"image": files}).cast_column("image", Image(decode=False))
+            # unlabelled files: the dataset's columns play no part (and are not loaded)
             decoder = ExampleDecoder(
-                Columns("image", None, self.columns.names, None), self._eval_transform(), False
+                Columns("image", None, (), None), self._eval_transform(), False
             )
             return self._map_loader(ImageExamples(rows, decoder, ids=files), shuffle=False)
         return self._loader("predict")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        skipped = int(batch.pop("num_skipped", 0))
-        if skipped and self.trainer is not None and self.trainer.state.stage is not None:
-            stage = self.trainer.state.stage.value
-            self.skipped[stage] = self.skipped.get(stage, 0) + skipped
+        """Move the batch's decode counts into ``tallies`` under the trainer's stage."""
+        stage = self.trainer.state.stage if self.trainer is not None else None
+        tally = SkipTally() if stage is None else self.tallies.setdefault(stage.value, SkipTally())
+        tally.take(batch)
         return batch
 
     # -- loaders -------------------------------------------------------------------------------
@@ -378,8 +447,10 @@ class HFImageDataModule(L.LightningDataModule):
 RANGES = {  # argument -> (is it valid, what is expected)
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
-    "image_size": (lambda v: v >= 1, ">= 1"),
-    "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "image_size": (lambda v: v is None or v >= 1, ">= 1 or None"),
+    "crop_pct": (lambda v: v is None or 0 < v <= 1, "in (0, 1] or None"),
+    "mean": (lambda v: v is None or len(v) == 3, "3 values (RGB) or None"),
+    "std": (lambda v: v is None or (len(v) == 3 and min(v) > 0), "3 positive values or None"),
     "crop_scale": (
         lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
         "(low, high), 0 < low <= high <= 1",
@@ -391,6 +462,13 @@ RANGES = {  # argument -> (is it valid, what is expected)
     "random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "num_workers": (lambda v: v is None or v >= 0, ">= 0 or None"),
+    "max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+PREPROCESSING_TYPES = {
+    "image_size": int,
+    "crop_pct": float,
+    "mean": lambda v: tuple(float(x) for x in v),
+    "std": lambda v: tuple(float(x) for x in v),
 }
 
 

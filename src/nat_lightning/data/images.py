@@ -2,12 +2,15 @@
 
 Image columns are read with ``datasets.Image(decode=False)``: every row holds ``{"bytes", "path"}``
 and is decoded here, inside a ``try``, so that one corrupt file costs one example, not the run.
+An undecodable example becomes an ``Undecodable`` that keeps its id and name: the batch still
+lists it among the ids (predict) and counts it, so reports can say which files failed.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import albumentations as A
@@ -19,6 +22,7 @@ from .columns import Columns
 from .transforms import reseed
 
 IGNORE_INDEX = -100  # label of examples without one (unlabelled rows, padding): no loss, no metric
+MAX_NAMED = 10  # undecodable examples a tally keeps by name, for reports
 # the background that transparent pixels are composited over, as transformers does
 WHITE = (255, 255, 255)
 
@@ -48,6 +52,13 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def stored_path(value: Mapping[str, Any] | bytes | str | None) -> str | None:
+    """The file path a stored image value carries, if any."""
+    if isinstance(value, Mapping):
+        return value.get("path")
+    return value if isinstance(value, str) else None
+
+
 def decode_image(value: Mapping[str, Any] | bytes | str | None) -> np.ndarray | None:
     """Stored bytes or a file path as (H, W, 3) uint8 RGB; None when it cannot be decoded."""
     if isinstance(value, Mapping):
@@ -64,9 +75,19 @@ def decode_image(value: Mapping[str, Any] | bytes | str | None) -> np.ndarray | 
         return None
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """What an example whose image cannot be decoded becomes: its id (predict; None otherwise)
+    and its name for reports, the stored path or else ``row <index>`` (None when neither is known,
+    e.g. a streamed row without a path)."""
+
+    id: Any = None
+    name: str | None = None
+
+
 class ExampleDecoder:
-    """A dataset row -> ``{"pixel_values": (3, H, W) float32, "labels": int[, "ids"]}``, or None
-    when its image cannot be decoded.
+    """A dataset row -> ``{"pixel_values": (3, H, W) float32, "labels": int[, "ids"]}``, or an
+    ``Undecodable`` when its image cannot be decoded.
 
     Labels: a ClassLabel id as stored (its ``-1``, "no label", becomes IGNORE_INDEX); a string or
     integer through ``columns.label_ids``; IGNORE_INDEX for unlabelled data. A plain picklable
@@ -86,10 +107,15 @@ class ExampleDecoder:
             return self.columns.label_ids.get(value, IGNORE_INDEX)
         return IGNORE_INDEX if value is None or value < 0 else int(value)
 
-    def __call__(self, row: Mapping[str, Any], example_id: Any = None) -> dict | None:
-        pixels = decode_image(row[self.columns.image])
+    def __call__(
+        self, row: Mapping[str, Any], example_id: Any = None, index: int | None = None
+    ) -> dict | Undecodable:
+        """``index``: the row's position in its split, which names it when it has no path."""
+        value = row[self.columns.image]
+        pixels = decode_image(value)
         if pixels is None:
-            return None
+            name = stored_path(value) or (None if index is None else f"row {index}")
+            return Undecodable(example_id, name)
         if self.random:
             reseed(self.transform)
         example = {"pixel_values": self.transform(image=pixels)["image"], "labels": self.label(row)}
@@ -99,17 +125,22 @@ class ExampleDecoder:
 
 
 class Collate:
-    """Stack examples into a batch; drop the undecodable ones (None) and count them.
+    """Stack the decoded examples into a batch; count the undecodable ones and keep their names.
 
-    The batch: ``pixel_values`` (B, 3, H, W) float32, ``labels`` (B,) int64, ``num_skipped``
-    (an int), and ``ids`` (a list) when the examples carry them.
+    The batch: ``pixel_values`` (B, 3, H, W) float32 and ``labels`` (B,) int64 of the B decoded
+    examples (B may be 0: a batch of undecodable images only), ``num_examples`` (an int, decoded
+    or not), ``num_skipped`` (an int) and ``skipped_names`` (a list of str, the undecodable
+    examples' names where known). When the examples carry ids (predict), ``ids`` lists every
+    example of the batch in input order, undecodable ones included, and ``decoded`` (a list of
+    bool of the same length) says which of them are the rows of ``pixel_values``.
     """
 
     def __init__(self, image_size: int):
         self.image_size = image_size
 
-    def __call__(self, items: list[dict | None]) -> dict[str, Any]:
-        kept = [item for item in items if item is not None]
+    def __call__(self, items: list[dict | Undecodable]) -> dict[str, Any]:
+        kept = [item for item in items if not isinstance(item, Undecodable)]
+        skipped = [item for item in items if isinstance(item, Undecodable)]
         if kept:
             pixels = torch.stack([torch.as_tensor(item["pixel_values"]) for item in kept])
         else:
@@ -117,15 +148,37 @@ class Collate:
         batch = {
             "pixel_values": pixels.float(),
             "labels": torch.tensor([item["labels"] for item in kept], dtype=torch.int64),
-            "num_skipped": len(items) - len(kept),
+            "num_examples": len(items),
+            "num_skipped": len(skipped),
+            "skipped_names": [item.name for item in skipped if item.name is not None],
         }
-        if any("ids" in item for item in kept):
-            batch["ids"] = [item["ids"] for item in kept]
+        if any("ids" in item for item in kept) or any(item.id is not None for item in skipped):
+            batch["ids"] = [
+                item.id if isinstance(item, Undecodable) else item["ids"] for item in items
+            ]
+            batch["decoded"] = [not isinstance(item, Undecodable) for item in items]
         return batch
 
 
+@dataclass
+class SkipTally:
+    """One process's count of one stage's epoch: examples read, how many of them could not be
+    decoded, and the names of the first MAX_NAMED of those."""
+
+    seen: int = 0
+    skipped: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def take(self, batch: dict) -> None:
+        """Add a batch's counts, removing them from the batch (the model needs none of them)."""
+        self.seen += int(batch.pop("num_examples", 0))
+        self.skipped += int(batch.pop("num_skipped", 0))
+        names = batch.pop("skipped_names", [])
+        self.names += names[: max(0, MAX_NAMED - len(self.names))]
+
+
 class ImageExamples(torch.utils.data.Dataset):
-    """Map-style view of a ``datasets.Dataset``: row i through an ExampleDecoder (None if corrupt).
+    """Map-style view of a ``datasets.Dataset``: row i through an ExampleDecoder.
     ``ids``: False for none, True for the row index, or one id per row (e.g. file paths)."""
 
     def __init__(self, rows, decoder: ExampleDecoder, ids: bool | Sequence[Any] = False):
@@ -136,6 +189,6 @@ class ImageExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict | Undecodable:
         example_id = None if self.ids is False else index if self.ids is True else self.ids[index]
-        return self.decoder(self.rows[index], example_id)
+        return self.decoder(self.rows[index], example_id, index)

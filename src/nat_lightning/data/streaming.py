@@ -30,7 +30,7 @@ from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
-from .images import IGNORE_INDEX, Collate, ExampleDecoder
+from .images import IGNORE_INDEX, Collate, ExampleDecoder, Undecodable
 from .sources import Split
 
 SHARDS_PER_WORKER = 8  # more shards mix a class-sorted dataset better; padding grows with them
@@ -109,8 +109,9 @@ def rank_stream(
 
 
 class StreamingExamples(torch.utils.data.IterableDataset):
-    """Decoded examples of an HF IterableDataset (None for an undecodable image, which the
-    collate function counts). In a DataLoader worker HF hands it that worker's shards.
+    """Decoded examples of an HF IterableDataset (an ``Undecodable`` for an image that cannot be
+    decoded, which the collate function counts). In a DataLoader worker HF hands it that worker's
+    shards.
 
     ``ids=(offset, step)`` labels the k-th example ``offset + k * step``: the row index in the
     split when one process reads this rank's every ``step``-th row (predict)."""
@@ -125,9 +126,11 @@ class StreamingExamples(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.stream.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[dict | None]:
+    def __iter__(self) -> Iterator[dict | Undecodable]:
         for k, row in enumerate(self.stream):
-            yield self.decoder(row, None if self.ids is None else self.ids[0] + k * self.ids[1])
+            # predict: the id is the row index; other streams are shuffled and have none
+            row_id = None if self.ids is None else self.ids[0] + k * self.ids[1]
+            yield self.decoder(row, row_id, row_id)
 
 
 class EvenLoader(DataLoader):
@@ -178,5 +181,7 @@ class EvenLoader(DataLoader):
         return {
             "pixel_values": pixels,
             "labels": torch.full((len(pixels),), IGNORE_INDEX, dtype=torch.int64),
+            "num_examples": 0,  # no example of the split: not counted as seen
             "num_skipped": 0,
+            "skipped_names": [],
         }
