@@ -13,6 +13,7 @@ import torch
 from nat_lightning import NatForImageClassification
 from nat_lightning.cli import main
 from nat_lightning.export import export, load_checkpoint
+from nat_lightning.runs import runs_in
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches", "3",
@@ -40,8 +41,9 @@ def test_a_misspelt_key_is_named(capsys):
 
 
 def fit(tmp_path, *extra):
+    """Fit in-process; the checkpoints folder of the run it wrote (the newest under tmp_path)."""
     main(["fit", *QUICK, "--trainer.default_root_dir", str(tmp_path), *extra])
-    return tmp_path / "checkpoints"
+    return runs_in(tmp_path)[-1] / "checkpoints"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_fit_writes_best_and_last_checkpoints_and_csv_logs(trained):
     root, last = trained
     names = sorted(p.name for p in last.parent.glob("*.ckpt"))
     assert "last.ckpt" in names and any(n.startswith("epoch") for n in names)
-    metrics = list(root.glob("lightning_logs/version_*/metrics.csv"))
+    metrics = list(root.glob("version_*/metrics.csv"))
     assert metrics and "val/acc1" in metrics[0].read_text().splitlines()[0]
 
 
@@ -78,7 +80,7 @@ def interrupted_fit(root):
             fit(root, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.test_cli.KillMidEpoch")
     finally:
         signal.signal(signal.SIGINT, handler)
-    return root / "checkpoints"
+    return runs_in(root)[-1] / "checkpoints"
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
@@ -115,7 +117,7 @@ def test_validate_and_predict_from_a_checkpoint(trained, tmp_path):
         Image.new("L", (8, 8), 40 * i).save(images / f"img{i}.png")
     main(["predict", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(last),
           "--trainer.default_root_dir", str(tmp_path), "--data.predict_paths", str(images)])
-    rows = list(csv.reader((tmp_path / "predictions.csv").open()))
+    rows = list(csv.reader((runs_in(tmp_path)[-1] / "predictions.csv").open()))
     assert rows[0][:2] == ["id", "label_1"] and len(rows) == 4
     assert rows[1][0].endswith("img0.png")
     probs = [float(p) for p in rows[1][6:11]]
@@ -128,7 +130,7 @@ def test_export_transformers_folder(trained, tmp_path):
     main(["export", "--ckpt_path", str(last), "--output", str(out)])
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
     pre = json.loads((out / "preprocessor_config.json").read_text())
-    assert pre["size"] == {"height": 32, "width": 32} and pre["image_mean"] == [0.5, 0.5, 0.5]
+    assert pre["crop_size"] == {"height": 32, "width": 32} and pre["image_mean"] == [0.5, 0.5, 0.5]
     assert "val/acc1" in (out / "README.md").read_text()
     model, _ = load_checkpoint(str(last))
     x = torch.randn(2, 3, 32, 32)

@@ -1,31 +1,50 @@
 """``python -m nat_lightning`` / ``nat-lightning``: LightningCLI for fit, validate, test,
 predict, plus ``export``.
 
-    nat-lightning fit --config configs/quickstart.yaml
-    nat-lightning fit --config configs/quickstart.yaml --ckpt_path last     # resume
-    nat-lightning predict --config configs/eval.yaml --data.predict_paths images/
-    nat-lightning export --ckpt_path runs/quickstart/checkpoints/last.ckpt --output exported/
+    nat-lightning fit --config configs/quickstart.yaml                        # a fresh run folder
+    nat-lightning fit --config configs/quickstart.yaml --ckpt_path last       # resume the newest
+    nat-lightning validate --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
+    nat-lightning predict --ckpt_path ... --data.predict_paths images/
+    nat-lightning export --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --output exported/
+
+Every run writes into its own ``<default_root_dir>/version_N/`` (see nat_lightning.runs). A
+checkpoint given with ``--ckpt_path`` supplies the model's and the data's arguments (network,
+classes, image size, crop, mean/std, dataset) as defaults: ``--config`` and command-line values
+still win, so a checkpoint evaluates on its own and any part can be overridden.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import torch
+from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
-    OnExceptionCheckpoint,
     RichModelSummary,
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from . import runs
+from .callbacks.checkpoints import AtomicCheckpointIO, ExceptionCheckpoint, LastCheckpoint
 from .callbacks.prediction_writer import PredictionWriter
 from .callbacks.throughput import ImageThroughputMonitor
 from .data import HFImageDataModule
 from .tasks import NatClassifier
+
+DEFAULT_ROOT = "runs/nat"
+# Lightning's DDP launcher re-runs this command line in child processes; they inherit rank 0's
+# run folder through this variable instead of creating their own (plumbing, not a user switch).
+_RUN_ENV = "NAT_LIGHTNING_RUN_DIR"
 
 
 
@@ -41,37 +60,130 @@ def default_callbacks(trainer_config: dict) -> list:
     return callbacks
 
 
-def _in_dir(name: str):
-    return lambda root: os.path.join(root or os.getcwd(), name)
+def run_loggers(folder: Path) -> list:
+    """CSV logs (and TensorBoard where installed) written straight into ``folder``."""
+    loggers = [CSVLogger(save_dir=folder, name="", version="")]
+    if _TENSORBOARD_AVAILABLE:
+        loggers.append(TensorBoardLogger(save_dir=folder, name="", version=""))
+    return loggers
+
+
+def checkpoint_defaults(checkpoint: dict) -> dict:
+    """``model.*`` and ``data.*`` defaults from a checkpoint's saved arguments."""
+    model = {
+        k: v
+        for k, v in (checkpoint.get("hyper_parameters") or {}).items()
+        if k in inspect.signature(NatClassifier).parameters
+    }
+    data = {
+        k: v
+        for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items()
+        if k in inspect.signature(HFImageDataModule).parameters
+    }
+    if isinstance(data.get("dataset"), str) and data["dataset"].startswith("<in-memory"):
+        del data["dataset"]  # an in-memory dataset is recorded by its description only
+    return {
+        **{f"model.{k}": v for k, v in model.items()},
+        **{f"data.{k}": v for k, v in data.items()},
+    }
 
 
 class NatLightningCLI(LightningCLI):
-    """LightningCLI with the data's classes linked into the model and checkpointing always on."""
+    """LightningCLI with run folders, self-contained checkpoints and checkpointing always on."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.id2label", "model.id2label", apply_on="instantiate")
-        # best by val/acc1 plus last.ckpt, in <default_root_dir>/checkpoints so that
-        # `--ckpt_path last` finds them again from a new process
+        # the best epochs by val/acc1; last.ckpt is LastCheckpoint's, rewritten every epoch
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/acc1",
-            "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
-            "checkpoint.filename": "epoch{epoch:03d}-acc{val/acc1:.4f}",
-            "checkpoint.auto_insert_metric_name": False,
-        })
-        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_in_dir("checkpoints"))
-        # Ctrl-C and SIGTERM end fit through Lightning's exception path: save before exiting
-        parser.add_lightning_class_args(OnExceptionCheckpoint, "on_exception")
-        parser.link_arguments("trainer.default_root_dir", "on_exception.dirpath", compute_fn=_in_dir("checkpoints"))
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "epoch{epoch:03d}-acc{val/acc1:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._args = args  # kept for the second parse with a checkpoint's defaults
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last`` and parse again with the checkpoint's arguments as defaults.
+
+        Replaces Lightning's version, which lays the checkpoint's model arguments over the config
+        and the command line (so an explicit value lost) and ignores the data's.
+        """
+        self._run = None
+        subcommand = self.config.get("subcommand")
+        ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
+        if not ckpt_path:
+            return
+        root = self.config[subcommand].trainer.default_root_dir or DEFAULT_ROOT
+        if ckpt_path == "last":
+            path, self._run = runs.last_checkpoint(root)
+            rank_zero_info(f"--ckpt_path last: resuming {self._run} from {path}")
+        else:
+            path = Path(ckpt_path)
+            if not path.is_file():
+                raise ValueError(
+                    f"ckpt_path={ckpt_path!r} does not exist or is not a file; expected "
+                    "a .ckpt written by fit, or 'last'"
+                )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        self._subcommand_parsers[subcommand].set_defaults(checkpoint_defaults(checkpoint))
+        super().parse_arguments(self.parser, self._args)
+        self.config[subcommand]["ckpt_path"] = str(path)
+
+    def before_instantiate_classes(self) -> None:
+        """Choose this run's folder and point checkpoints and outputs into it."""
+        config = self.config[self.subcommand]
+        root = config.trainer.default_root_dir or DEFAULT_ROOT
+        if self._run is not None:  # resuming: the same run, logs of this part in a subfolder
+            self._logs = runs.next_resumed_logs(self._run)
+            warnings.filterwarnings(
+                "ignore", message="Checkpoint directory .* exists and is not empty"
+            )
+        elif rank_zero_only.rank != 0 and os.environ.get(_RUN_ENV):
+            self._run = Path(os.environ[_RUN_ENV])
+            self._logs = self._run
+        else:
+            self._run = runs.new_run(root) if rank_zero_only.rank == 0 else Path(root) / "pending"
+            self._logs = self._run
+        os.environ[_RUN_ENV] = str(self._run)
+        config.trainer.default_root_dir = str(self._logs)  # config.yaml, predictions
+        config.checkpoint.dirpath = config.last_checkpoint.dirpath = str(self._run / "checkpoints")
+        if self.subcommand != "fit":  # evaluation restores weights only, not fit's callbacks
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+        rank_zero_info(f"{self.subcommand}: run folder {self._run}")
+
     def instantiate_trainer(self, **kwargs):
-        """Adds :func:`default_callbacks` (kept besides any callbacks the config lists)."""
+        """Adds :func:`default_callbacks`, run-folder loggers and atomic checkpoint writes;
+        checkpoint callbacks only for fit (evaluation writes none)."""
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        self.trainer_defaults["callbacks"] = default_callbacks(config)
-        return super().instantiate_trainer(**kwargs)
+        callbacks = default_callbacks(config)
+        extra = [
+            self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys
+        ]
+        if self.subcommand == "fit":
+            callbacks.append(ExceptionCheckpoint(str(self._run / "checkpoints")))
+        else:
+            extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+            config["enable_checkpointing"] = False
+        self.trainer_defaults["callbacks"] = callbacks
+        if config.get("logger") in (None, True):
+            config["logger"] = run_loggers(self._logs)
+        if not config.get("plugins"):
+            config["plugins"] = [AtomicCheckpointIO()]
+        return self._instantiate_trainer(config, extra)
+
+    def after_fit(self) -> None:
+        ckpt = self.trainer.checkpoint_callback
+        best = f"; best {ckpt.best_model_path}" if ckpt is not None and ckpt.best_model_path else ""
+        rank_zero_info(
+            f"fit finished: run folder {self._run}; last {self._run / 'checkpoints' / 'last.ckpt'}{best}"
+        )
 
 
 def export_main(argv: list[str]) -> None:
@@ -84,15 +196,20 @@ def export_main(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: process-wide settings live here, not at import time."""
-    argv = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else argv
     torch.set_float32_matmul_precision("high")
-    if argv and argv[0] == "export":
-        return export_main(argv[1:])
+    # LightningModule.configure_model only resolves the classes from the data (no sharding), and
+    # EMAWeightAveraging calls it early on purpose: its warning about sharding does not apply
+    warnings.filterwarnings("ignore", message=".*WeightAveraging doesn't support sharding.*")
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\)"
+    )  # Lightning on torch 2.13
+    if args and args[0] == "export":
+        return export_main(args[1:])
     NatLightningCLI(
         NatClassifier,
         HFImageDataModule,
-        trainer_defaults={"default_root_dir": "runs/nat"},
+        trainer_defaults={"default_root_dir": DEFAULT_ROOT},
         seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=argv,  # None reads sys.argv (passing both would warn)
     )

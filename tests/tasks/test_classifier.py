@@ -2,6 +2,8 @@ import lightning as L
 import pytest
 import torch
 from datasets import Dataset
+from datasets import Image as ImageFeature
+from PIL import Image
 
 from nat_lightning import NatConfig, NatForImageClassification
 from nat_lightning.data import HFImageDataModule
@@ -101,7 +103,7 @@ def test_a_checkpoint_head_that_disagrees_with_num_classes(tmp_path):
     trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=digits())
     path = tmp_path / "ten.ckpt"
     model.trainer.save_checkpoint(path)
-    with pytest.raises(ValueError, match="head has 10 classes but num_classes=4.*pretrained="):
+    with pytest.raises(ValueError, match="head has 10 classes but this model has num_classes=4.*pretrained="):
         NatClassifier.load_from_checkpoint(path, num_classes=4, id2label=None, weights_only=True)
 
 
@@ -116,3 +118,59 @@ def test_bad_arguments():
         NatClassifier(model=TINY, num_classes=4, id2label={0: "a", 1: "b", 2: "c"})
     with pytest.raises(ValueError, match="unknown variant"):
         NatClassifier(model="nat_gigantic")
+
+
+def test_classes_and_label_names_come_from_the_datamodule(tmp_path):
+    colours = Dataset.from_dict({"image": [Image.new("RGB", (16, 16), c) for c in ["red", "blue", "green"] * 4],
+                                 "label": ["red", "blue", "green"] * 4}).cast_column("image", ImageFeature())
+    dm = digits(dataset=colours, batch_size=4, val_split=None)
+    model = NatClassifier(model=TINY)  # no num_classes: the data's three classes, by name
+    trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=dm)
+    assert model.num_classes == 3 and model.network.head.out_features == 3
+    assert set(model.id2label.values()) == {"red", "blue", "green"}
+    assert model.hparams.id2label == model.id2label and model.hparams.num_classes == 3
+    assert model.hparams.preprocessing == {"image_size": 16, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+def test_train_dataloaders_alone_never_validate_on_the_embedded_digits(tmp_path):
+    dm = digits()
+    dm.setup("fit")
+    model = NatClassifier(model=TINY, num_classes=10)
+    t = trainer(tmp_path, limit_train_batches=1, limit_val_batches=None)
+    t.fit(model, train_dataloaders=dm.train_dataloader())
+    assert "val/acc1" not in t.callback_metrics and sum(t.num_val_batches) == 0
+
+
+def test_an_empty_batch_is_skipped_in_every_stage():
+    model = NatClassifier(model=TINY, num_classes=10)
+    empty = {"pixel_values": torch.zeros(0, 3, 16, 16), "labels": torch.zeros(0, dtype=torch.long)}
+    assert model.training_step(empty, 0) is None
+    model._evaluate("val", empty)  # nothing to score, no crash
+    out = model.predict_step({**empty, "ids": ["a.png", "b.png"], "decoded": [False, False]}, 0)
+    assert out["ids"] == ["a.png", "b.png"] and out["errors"] == ["undecodable image"] * 2
+    assert out["top_ids"].shape == (0, 5)
+
+
+def test_a_variant_name_beside_pretrained_is_checked():
+    with pytest.raises(ValueError, match="model='nat_base' does not match pretrained=.*embed_dim"):
+        NatClassifier(model="nat_base", pretrained=str(FIXTURES / "hf_nat_tiny_random"))
+    model = NatClassifier(pretrained=str(FIXTURES / "hf_nat_tiny_random"))  # no model: the checkpoint's
+    assert model.network.config.embed_dim == 16
+
+
+def test_a_resumed_run_keeps_its_schedule_unless_asked(tmp_path):
+    def fit(epochs, ckpt=None, **kwargs):
+        model = NatClassifier(model=TINY, num_classes=10, warmup_epochs=0.5, **kwargs)
+        t = trainer(tmp_path, max_epochs=epochs, limit_train_batches=2, limit_val_batches=0)
+        t.fit(model, datamodule=digits(), ckpt_path=ckpt)
+        return model, t
+
+    _, first = fit(2)
+    first.save_checkpoint(tmp_path / "two.ckpt")
+    assert torch.load(tmp_path / "two.ckpt", weights_only=True)["lr_schedule"] == {"warmup_steps": 1, "total_steps": 4}
+    with pytest.warns(UserWarning, match="keeping the LR schedule it was sized for.*total 4.*gives 1 / 6"):
+        kept, _ = fit(3, tmp_path / "two.ckpt")
+    assert kept.schedule == (1, 4)
+    with pytest.warns(UserWarning, match="re-sizing"):
+        resized, _ = fit(3, tmp_path / "two.ckpt", rescale_schedule=True)
+    assert resized.schedule == (1, 6)

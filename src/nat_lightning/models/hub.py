@@ -37,7 +37,8 @@ def resolve_pretrained(
 def download(
     repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> Path:
-    """config.json and the first of WEIGHT_FILES the repo has; returns the snapshot folder."""
+    """config.json, preprocessor_config.json if there is one, and the first of WEIGHT_FILES the
+    repo has; returns the snapshot folder."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError  # .utils re-exports in every version
 
@@ -46,6 +47,10 @@ def download(
 
     try:
         folder = fetch("config.json").parent
+        try:  # optional: the preprocessing fine-tuning adopts (nat_lightning.tasks.network)
+            fetch("preprocessor_config.json")
+        except EntryNotFoundError:
+            pass
         for name in WEIGHT_FILES:
             try:
                 fetch(name)

@@ -1,7 +1,8 @@
 """NatClassifier: image classification with NAT/DiNAT as a LightningModule.
 
 It holds the network, the loss, the metrics and the optimizer set-up; data, paths and batch
-sizes belong to the DataModule. With no DataModule it trains on the embedded digits dataset.
+sizes belong to the DataModule. Without ``num_classes`` the classes are the attached
+datamodule's; with no data at all it trains on the embedded digits dataset.
 """
 
 from __future__ import annotations
@@ -14,28 +15,32 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..callbacks.finetuning import BackboneFreeze
 from ..callbacks.rng_state import RNGState
 from ..callbacks.skipped_images import SkippedImagesReport
 from ..models import NatConfig, NatForImageClassification
 from .mixup import MixupCutmix
-from .optim import param_groups, warmup_cosine
+from .network import build_network, pretrained_preprocessing, with_classes
+from .optim import param_groups, schedule_length, warmup_cosine
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # labels of padding examples (e.g. streaming DDP); no loss, no metrics
-DEFAULT_NUM_CLASSES = 10  # the embedded digits dataset, used when nothing else says otherwise
+PER_CLASS_LIMIT = 100  # per-class accuracy is logged by default up to this many classes
 
 
 class NatClassifier(L.LightningModule):
     def __init__(
         self,
-        model: str | NatConfig | dict[str, Any] = "nat_pico",
+        model: str | NatConfig | dict[str, Any] | None = None,
         pretrained: str | None = None,
         num_classes: int | None = None,
         id2label: dict[int, str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
         attention_backend: str = "auto",
         drop_path_rate: float | None = None,
         lr: float = 1e-3,
@@ -43,7 +48,9 @@ class NatClassifier(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         layer_decay: float | None = None,
         warmup_epochs: float = 1.0,
+        warmup_steps: int | None = None,
         min_lr: float = 1e-6,
+        rescale_schedule: bool = False,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -54,21 +61,31 @@ class NatClassifier(L.LightningModule):
         ema_decay: float | None = None,
         compile: bool = False,
         predict_top_k: int = 5,
+        log_per_class: bool | None = None,
     ):
         """Args:
-        model: a variant name (``nat_mini``, ``dinat_tiny``, ...), a NatConfig, or its dict.
+        model: a variant name (``nat_mini``, ``dinat_tiny``, ...), a NatConfig, or its dict. None:
+            the pretrained checkpoint's config, else ``nat_pico``. Beside ``pretrained`` a variant
+            name must match the checkpoint's architecture.
         pretrained: a transformers-layout folder or Hub id (e.g. shi-labs/nat-mini-in1k-224),
             or an original SHI-Labs ``.pth`` read with ``model`` as its config.
-        num_classes: classes of the head; a different count than the checkpoint's gets a new head.
-        id2label: class names by id; kept in checkpoints and exported configs.
+        num_classes: classes of the head; None: the datamodule's (a new head where the
+            checkpoint's differs), or the checkpoint's head without a datamodule.
+        id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
+        preprocessing: ``image_size``, ``crop_pct``, ``mean``, ``std`` that the datamodule uses
+            where it sets none itself; None: the pretrained folder's preprocessor_config.json.
+            Fit records the data's values here, so a checkpoint evaluates with them.
         attention_backend: ``auto``, ``torch``, ``natten`` or ``reference`` (see nat_lightning.ops).
         drop_path_rate: stochastic depth rate; None keeps the model config's.
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
         betas: AdamW betas.
         layer_decay: layer-wise LR decay factor (e.g. 0.75 for fine-tuning); None disables it.
-        warmup_epochs: linear warmup length in epochs (fractions allowed); cosine afterwards.
+        warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
+        warmup_steps: warmup length in optimizer steps; replaces warmup_epochs when given.
         min_lr: learning rate at the end of the cosine schedule.
+        rescale_schedule: on resume, size the schedule for this fit's length instead of the one
+            the checkpoint's run was sized for (a longer run otherwise stays at min_lr).
         label_smoothing: label smoothing of the cross-entropy.
         mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
         cutmix_alpha: Beta(alpha, alpha) of cutmix; 0 disables it.
@@ -80,29 +97,63 @@ class NatClassifier(L.LightningModule):
         ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
         compile: ``torch.compile`` the network.
         predict_top_k: how many classes ``predict_step`` returns per image.
+        log_per_class: log each class's accuracy (``val/acc_class/<name>``); None: up to
+            PER_CLASS_LIMIT classes.
         """
         super().__init__()
-        self.network = build_network(model, pretrained, num_classes, id2label, drop_path_rate, attention_backend)
-        if compile:
-            self.network.compile()
-        self.id2label = dict(self.network.config.id2label)
-        self.num_classes = len(self.id2label)
+        self.network = build_network(
+            model, pretrained, num_classes, id2label, drop_path_rate, attention_backend
+        )
         self.save_hyperparameters()
-        # checkpoints carry the resolved network config, not a pointer to re-download weights from
-        self.hparams.update(model=self.network.config.to_dict(), pretrained=None,
-                            num_classes=self.num_classes, id2label=self.id2label)
-        self.mixup = MixupCutmix(self.num_classes, mixup_alpha, cutmix_alpha, mixup_prob,
-                                 mixup_switch_prob, label_smoothing)
-        self.train_metrics, self.val_metrics, self.test_metrics = (self._stage_metrics() for _ in range(3))
+        self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
+        self._classes_from_data = num_classes is None and id2label is None
+        self._use_network(self.network)
         self._fallback_data = None
+        self._resumed_schedule: tuple[int, int] | None = None
+        self.schedule: tuple[int, int] | None = None  # (warmup, total) steps of the current fit
         self.flops_per_batch: int | None = None
+
+    def _use_network(self, network: NatForImageClassification) -> None:
+        """Adopt ``network`` and build what depends on its classes; checkpoints carry the
+        resolved network config, not a pointer to re-download weights from."""
+        hp = self.hparams
+        self.network = network
+        self.id2label = {int(k): str(v) for k, v in network.config.id2label.items()}
+        self.num_classes = len(self.id2label)
+        self.hparams.update(
+            model=network.config.to_dict(),
+            pretrained=None,
+            num_classes=self.num_classes,
+            id2label=self.id2label,
+            preprocessing=self.preprocessing,
+        )
+        self.mixup = MixupCutmix(
+            self.num_classes,
+            hp.mixup_alpha,
+            hp.cutmix_alpha,
+            hp.mixup_prob,
+            hp.mixup_switch_prob,
+            hp.label_smoothing,
+        )
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            self._stage_metrics() for _ in range(3)
+        )
 
     def _stage_metrics(self) -> torch.nn.ModuleDict:
         n = self.num_classes
         metrics = {"acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_INDEX)}
         if n >= 5:
-            metrics["acc5"] = MulticlassAccuracy(n, top_k=5, average="micro", ignore_index=IGNORE_INDEX)
-        metrics["per_class"] = MulticlassAccuracy(n, average=None, ignore_index=IGNORE_INDEX)
+            metrics["acc5"] = MulticlassAccuracy(
+                n, top_k=5, average="micro", ignore_index=IGNORE_INDEX
+            )
+        per_class = self.hparams.log_per_class
+        if per_class or (per_class is None and n <= PER_CLASS_LIMIT):
+            labels = [self.id2label.get(i, str(i)) for i in range(n)]
+            metrics["per_class"] = ClasswiseWrapper(
+                MulticlassAccuracy(n, average=None, ignore_index=IGNORE_INDEX),
+                labels=labels,
+                prefix="acc_class/",
+            )
         return torch.nn.ModuleDict(metrics)
 
     @property
@@ -113,18 +164,68 @@ class NatClassifier(L.LightningModule):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.network(pixel_values).logits
 
+    # -- the classes and preprocessing of the attached data ------------------------------------
+
+    def configure_model(self) -> None:
+        """Take the datamodule's classes when none were given; check them when they were.
+
+        Runs after the datamodule's ``setup`` and before a checkpoint is restored (EMA calls it
+        earlier, from its own ``setup``); idempotent. ``load_from_checkpoint`` calls it with no
+        trainer: the checkpoint's classes are the model's then.
+        """
+        if self._trainer is None:
+            return
+        data = self.trainer.datamodule
+        stage = self.trainer.state.fn
+        if data is not None and hasattr(data, "id2label") and stage != "predict":
+            names = {int(k): str(v) for k, v in data.id2label.items()}
+            if self._classes_from_data:
+                if names != self.id2label:
+                    self._use_network(with_classes(self.network, names))
+                self._classes_from_data = False
+            else:
+                check_classes(self.id2label, names, stage)
+            self._record_preprocessing(data)
+        elif self._classes_from_data and stage == "fit" and not self._uses_fallback_data():
+            rank_zero_warn(
+                f"no num_classes and no datamodule to take them from: the head has "
+                f"{self.num_classes} classes; pass num_classes= (and id2label=)"
+            )
+        if getattr(data, "image_size", None) and not self.hparams.compile:
+            # the model summary counts FLOPs on it; a batch-shaped dict passes the data's hooks
+            size = data.image_size
+            self.example_input_array = {"pixel_values": torch.zeros(1, 3, size, size)}
+        if self.hparams.compile and not getattr(self.network, "_compiled_call_impl", None):
+            self.network.compile()
+
+    def _record_preprocessing(self, data) -> None:
+        keys = ("image_size", "crop_pct", "mean", "std")
+        if all(getattr(data, k, None) is not None for k in keys):
+            self.preprocessing = {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in ((k, getattr(data, k)) for k in keys)
+            }
+            self.hparams["preprocessing"] = self.preprocessing
+
     def on_train_batch_start(self, batch, batch_idx):
-        if self.flops_per_batch is None:  # read by ImageThroughputMonitor
-            self.flops_per_batch = measure_training_flops(self.network.config, tuple(batch["pixel_values"].shape))
+        if self.flops_per_batch is None and len(
+            batch["pixel_values"]
+        ):  # read by ImageThroughputMonitor
+            self.flops_per_batch = measure_training_flops(
+                self.network.config, tuple(batch["pixel_values"].shape)
+            )
 
     # -- steps ---------------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx):
         images, labels = batch["pixel_values"], batch["labels"]
-        if self.mixup.active and bool((labels != IGNORE_INDEX).all()):
+        if len(images) == 0:  # every image of the batch was undecodable: skipped (and counted)
+            return None
+        if self.mixup.active:  # padding rows (IGNORE_INDEX) have all-zero targets: no loss
             images, targets = self.mixup(images, labels)
             logits = self(images)
-            loss = torch.sum(-targets * logits.float().log_softmax(-1), dim=-1).mean()
+            per_image = torch.sum(-targets * logits.float().log_softmax(-1), dim=-1)
+            loss = per_image.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
         else:
             logits = self(images)
             loss = self._cross_entropy(logits, labels, self.hparams.label_smoothing)
@@ -141,6 +242,8 @@ class NatClassifier(L.LightningModule):
 
     def _evaluate(self, stage: str, batch) -> None:
         labels = batch["labels"]
+        if len(labels) == 0:  # every image undecodable: nothing to score
+            return
         logits = self(batch["pixel_values"])
         self.log(f"{stage}/loss", self._cross_entropy(logits, labels), prog_bar=stage == "val",
                  batch_size=len(labels), sync_dist=True)
@@ -156,25 +259,41 @@ class NatClassifier(L.LightningModule):
         self._log_per_class("test")
 
     def _log_per_class(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_metrics")["per_class"]
-        if metric.update_count == 0:
+        metrics = getattr(self, f"{stage}_metrics")
+        metric = metrics["per_class"] if "per_class" in metrics else None
+        if metric is None or metric.update_count == 0:
             return
-        for i, acc in enumerate(metric.compute().tolist()):
-            self.log(f"{stage}/acc_class/{self.id2label.get(i, i)}", acc, rank_zero_only=True)
+        for name, acc in metric.compute().items():  # compute() gathers every rank's counts
+            self.log(f"{stage}/{name}", acc, rank_zero_only=True)
         metric.reset()
 
     @staticmethod
     def _cross_entropy(logits, labels, label_smoothing: float = 0.0):
-        if not bool((labels != IGNORE_INDEX).any()):
-            return logits.sum() * 0.0  # a batch of padding only: keep the graph, add nothing
-        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX)
+        """Mean over the labelled examples; 0 (with a graph) for a batch of padding only. No
+        host sync: the count stays on the device."""
+        total = F.cross_entropy(
+            logits.float(),
+            labels,
+            label_smoothing=label_smoothing,
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def predict_step(self, batch, batch_idx):
-        """Top-k class ids, label names and probabilities for every image of the batch."""
-        probs = self(batch["pixel_values"]).float().softmax(-1)
-        top_probs, top_ids = probs.topk(min(self.hparams.predict_top_k, self.num_classes), dim=-1)
+        """Top-k class ids, label names and probabilities of every decoded image, and an error
+        for every input that could not be decoded (``decoded`` False)."""
+        ids = batch.get("ids", list(range(len(batch["pixel_values"]))))
+        decoded = batch.get("decoded", [True] * len(ids))
+        k = min(self.hparams.predict_top_k, self.num_classes)
+        if len(batch["pixel_values"]):
+            probs = self(batch["pixel_values"]).float().softmax(-1)
+            top_probs, top_ids = probs.topk(k, dim=-1)
+        else:
+            top_probs, top_ids = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
         return {
-            "ids": batch.get("ids", list(range(len(probs)))),
+            "ids": ids,
+            "errors": [None if ok else "undecodable image" for ok in decoded],
             "top_ids": top_ids.cpu(),
             "top_labels": [[self.id2label.get(i, str(i)) for i in row] for row in top_ids.tolist()],
             "top_probs": top_probs.cpu(),
@@ -186,11 +305,31 @@ class NatClassifier(L.LightningModule):
         hp = self.hparams
         groups = param_groups(self.network, hp.weight_decay, self.network.config.depths, hp.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup = int(round(hp.warmup_epochs * total / epochs))
-        scheduler = warmup_cosine(optimizer, warmup, total, hp.min_lr / hp.lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        self.schedule = self._sized_schedule(
+            schedule_length(self.trainer, hp.warmup_epochs, hp.warmup_steps)
+        )
+        scheduler = warmup_cosine(optimizer, *self.schedule, hp.min_lr / hp.lr)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _sized_schedule(self, wanted: tuple[int, int]) -> tuple[int, int]:
+        """A resumed run keeps the schedule it was sized for unless rescale_schedule is set."""
+        old = self._resumed_schedule
+        if old is None or old == wanted:
+            return wanted
+        sizes = f"warmup {old[0]} / total {old[1]} steps, this fit's length gives {wanted[0]} / {wanted[1]}"
+        if self.hparams.rescale_schedule:
+            rank_zero_warn(
+                f"resumed run: re-sizing its LR schedule ({sizes}; rescale_schedule=True)"
+            )
+            return wanted
+        rank_zero_warn(
+            f"resumed run: keeping the LR schedule it was sized for ({sizes}); past its end "
+            "the LR stays at min_lr. Pass --model.rescale_schedule true to re-size it"
+        )
+        return old
 
     def configure_callbacks(self):
         # undecodable-image reports; RNG state in checkpoints for exact resumes
@@ -204,20 +343,37 @@ class NatClassifier(L.LightningModule):
 
     # -- checkpoints and export ----------------------------------------------------------------
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.schedule is not None:
+            checkpoint["lr_schedule"] = {
+                "warmup_steps": self.schedule[0],
+                "total_steps": self.schedule[1],
+            }
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         head = checkpoint.get("state_dict", {}).get("network.head.weight")
         if head is not None and head.shape[0] != self.num_classes:
             raise ValueError(
-                f"the checkpoint's head has {head.shape[0]} classes but num_classes={self.num_classes}; "
-                "to fine-tune it on a different label set, pass it as pretrained= instead "
-                "(export it with save_pretrained first) so the head is re-initialised"
+                f"the checkpoint's head has {head.shape[0]} classes but this model has "
+                f"num_classes={self.num_classes}; to evaluate it, leave num_classes/id2label unset "
+                "(they come from the checkpoint); to fine-tune it on other labels, export it "
+                "(nat-lightning export) and pass the folder as pretrained="
             )
+        schedule = checkpoint.get("lr_schedule")
+        if schedule is not None:
+            self._resumed_schedule = (schedule["warmup_steps"], schedule["total_steps"])
 
     def save_pretrained(self, directory) -> None:
         """Write the network in transformers' layout (config.json + model.safetensors)."""
         self.network.save_pretrained(directory)
 
-    # -- the embedded default data, used only when fit() is given none -------------------------
+    # -- the embedded default data, used only when no data at all is given --------------------
+
+    def _uses_fallback_data(self) -> bool:
+        """True when fit/validate got neither dataloaders nor a datamodule: Lightning then asks
+        the module itself for its training data."""
+        source = getattr(getattr(self.trainer.fit_loop, "_data_source", None), "instance", self)
+        return source is self
 
     def _default_data(self):
         if self._fallback_data is None:
@@ -231,7 +387,30 @@ class NatClassifier(L.LightningModule):
         return self._default_data().train_dataloader()
 
     def val_dataloader(self):
-        return self._default_data().val_dataloader()
+        # fit(model, train_dataloaders=x) without validation data validates on nothing
+        return self._default_data().val_dataloader() if self._uses_fallback_data() else []
+
+
+def check_classes(model: dict[int, str], data: dict[int, str], stage: str) -> None:
+    """The head's classes against the data's: a different count is an error, other names a warning."""
+    if len(model) != len(data):
+        fix = (
+            (
+                "evaluate on the dataset it was trained on (its checkpoint names it; --data.dataset "
+                "overrides it) or on one with the same labels"
+            )
+            if stage != "fit"
+            else ("leave num_classes/id2label unset to take the data's classes")
+        )
+        raise ValueError(
+            f"the model's head has {len(model)} classes but the data has {len(data)} "
+            f"({list(data.values())[:10]}{'...' if len(data) > 10 else ''}): {fix}"
+        )
+    if model != data:
+        rank_zero_warn(
+            f"the model's class names {list(model.values())[:10]} differ from the data's "
+            f"{list(data.values())[:10]}: class ids are compared as they are"
+        )
 
 
 def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:
@@ -240,33 +419,3 @@ def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:
         network = NatForImageClassification(config.replace(attention_backend="torch"))
         images = torch.empty(shape)
     return measure_flops(network, lambda: network(images).logits, loss_fn=torch.Tensor.sum)
-
-
-def build_network(model, pretrained, num_classes, id2label, drop_path_rate, attention_backend):
-    """The classifier network from a variant/config and optionally pretrained weights."""
-    if isinstance(model, str):
-        config = NatConfig.from_variant(model)
-    elif isinstance(model, dict):
-        config = NatConfig.from_dict(model)
-    elif isinstance(model, NatConfig):
-        config = model
-    else:
-        raise ValueError(f"model must be a variant name, a NatConfig or a dict, got {type(model).__name__}")
-    if id2label is not None:
-        id2label = {int(k): str(v) for k, v in id2label.items()}
-        if num_classes is not None and num_classes != len(id2label):
-            raise ValueError(f"id2label has {len(id2label)} entries but num_classes={num_classes}")
-        num_classes = len(id2label)
-    overrides = {"attention_backend": attention_backend}
-    if drop_path_rate is not None:
-        overrides["drop_path_rate"] = drop_path_rate
-    if pretrained is not None:
-        network = NatForImageClassification.from_pretrained(
-            pretrained, config=config if isinstance(model, (NatConfig, dict)) or pretrained.endswith((".pth", ".pt")) else None,
-            num_labels=num_classes, id2label=id2label, **overrides)
-        return network
-    if num_classes is None:
-        explicit = not isinstance(model, str)
-        num_classes = config.num_labels if explicit else DEFAULT_NUM_CLASSES
-    id2label = id2label or {i: str(i) for i in range(num_classes)}
-    return NatForImageClassification(config.replace(num_labels=num_classes, id2label=id2label, **overrides))

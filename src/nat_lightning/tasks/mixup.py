@@ -37,9 +37,11 @@ class MixupCutmix:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
     def smooth(self, labels: torch.Tensor) -> torch.Tensor:
+        """Smoothed one-hot targets; all zeros for ignored labels (negative, e.g. -100 padding)."""
         off = self.label_smoothing / self.num_classes
         targets = torch.full((labels.numel(), self.num_classes), off, device=labels.device)
-        return targets.scatter_(1, labels[:, None], 1 - self.label_smoothing + off)
+        targets.scatter_(1, labels.clamp(min=0)[:, None], 1 - self.label_smoothing + off)
+        return targets * (labels >= 0)[:, None]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         targets = self.smooth(labels)

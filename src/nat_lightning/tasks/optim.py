@@ -51,6 +51,32 @@ def param_groups(model: nn.Module, weight_decay: float, depths: list[int], layer
     return list(groups.values())
 
 
+def schedule_length(
+    trainer, warmup_epochs: float, warmup_steps: int | None = None
+) -> tuple[int, int]:
+    """(warmup, total) optimizer steps of this fit, from the Trainer: ``max_steps`` or
+    ``max_epochs``, gradient accumulation and the per-process share of the data under DDP."""
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total):
+        raise ValueError(
+            "the training data has no length (an unsized stream), so the LR schedule cannot be "
+            "sized from max_epochs: set trainer.max_steps (and model.warmup_steps)"
+        )
+    total = int(total)
+    if warmup_steps is not None:
+        return min(warmup_steps, total), total
+    if trainer.train_dataloader is None:  # max_epochs=-1: Lightning sized the run without the data
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ValueError(
+            f"warmup_epochs={warmup_epochs} needs the length of an epoch, which an unsized stream "
+            "does not have: give model.warmup_steps instead"
+        )
+    per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+    return min(round(warmup_epochs * per_epoch), total), total
+
+
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
     """Linear warmup from 0, then cosine down to ``min_lr_ratio``; step it every optimizer step.
 

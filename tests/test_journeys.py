@@ -1,0 +1,200 @@
+"""The README's commands as a user runs them: ``python -m nat_lightning ...`` in a subprocess,
+default callbacks and progress bar on, each under a hard timeout that kills its process group."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches", "3",
+         "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "2"]
+
+
+def cli(*args: str, timeout: float = 240, expect: int = 0) -> str:
+    """Run the CLI; its output. Fails on another exit code or after ``timeout`` seconds."""
+    proc = subprocess.Popen([sys.executable, "-m", "nat_lightning", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out = ""
+        pytest.fail(f"timed out after {timeout} s: {args}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}) for {args}:\n{out[-6000:]}"
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def last_value(rows: list[dict], key: str) -> float:
+    return [float(r[key]) for r in rows if r.get(key)][-1]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class SigkillAt(L.Callback):
+    """A hard kill (nothing saved) in the second batch of epoch 1."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """One quickstart root, fitted twice: version_0 and version_1."""
+    root = tmp_path_factory.mktemp("runs")
+    for _ in range(2):
+        cli("fit", *QUICK, "--trainer.default_root_dir", str(root))
+    return root
+
+
+def test_a_second_fit_starts_a_fresh_run_and_leaves_the_first_alone(root):
+    v0, v1 = root / "version_0", root / "version_1"
+    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]
+    a, b = load(v0 / "checkpoints" / "last.ckpt"), load(v1 / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 6  # the second run trained from scratch
+    for key, value in a["state_dict"].items():  # seeded: the same run again, not a continuation
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert len(metrics(v0)) == len(metrics(v1))
+
+
+def test_kill_9_then_ckpt_path_last_resumes_the_newest_run_bit_identically(root, tmp_path):
+    killed = tmp_path / "killed"
+    cli("fit", *QUICK, "--trainer.default_root_dir", str(killed),
+        "--trainer.callbacks+=tests.test_journeys.SigkillAt", expect=-signal.SIGKILL)
+    cut = load(killed / "version_0" / "checkpoints" / "last.ckpt")
+    assert cut["global_step"] == 3 and cut["epoch"] == 0  # written at the end of epoch 0
+    out = cli("fit", *QUICK, "--trainer.default_root_dir", str(killed), "--ckpt_path", "last")
+    assert "resuming" in out and "version_0" in out
+    assert sorted(p.name for p in killed.iterdir()) == ["version_0"]
+    resumed = load(killed / "version_0" / "checkpoints" / "last.ckpt")
+    full = load(root / "version_0" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == full["global_step"] == 6
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert (killed / "version_0" / "resumed_1" / "metrics.csv").is_file()  # the first part's logs kept
+    assert metrics(killed / "version_0")
+
+
+def test_last_ckpt_holds_the_final_epoch_not_the_best(tmp_path):
+    # the top-k checkpoint is written only at epoch 1 (every 2nd epoch); training ends at epoch 2
+    cli("fit", *QUICK, "--trainer.max_epochs", "3", "--checkpoint.every_n_epochs", "2",
+        "--trainer.default_root_dir", str(tmp_path))
+    folder = tmp_path / "version_0" / "checkpoints"
+    assert [p.name for p in folder.glob("epoch*.ckpt")] == [next(folder.glob("epoch001-*.ckpt")).name]
+    last = load(folder / "last.ckpt")
+    assert last["epoch"] == 2 and last["global_step"] == 9
+
+
+def test_validate_and_predict_from_the_checkpoint_alone(root, tmp_path):
+    """No --config: the checkpoint's model, 32 px crop, mean/std 0.5 and dataset."""
+    run = root / "version_0"
+    cli("validate", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir", str(tmp_path / "eval"), "--trainer.limit_val_batches", "2")
+    expected = last_value(metrics(run), "val/acc1")
+    assert last_value(metrics(tmp_path / "eval" / "version_0"), "val/acc1") == pytest.approx(expected, abs=1e-6)
+    assert expected > 0.15  # above chance (0.1): a model, not noise, is compared
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(images / f"good{i}.png")
+    (images / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cli("predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images))
+    rows = list(csv.DictReader((tmp_path / "pred" / "version_0" / "predictions.csv").open()))
+    assert [Path(r["id"]).name for r in rows] == ["bad.png", "good0.png", "good1.png"]
+    assert rows[0]["error"] and not rows[0]["label_1"]
+    assert all(r["label_1"] in [str(d) for d in range(10)] and not r["error"] for r in rows[1:])
+
+
+def three_class_folder(folder: Path, per_class: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["red", "green", "blue"]):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+            pixels[..., c] += 180
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+    return folder
+
+
+def test_a_three_class_fine_tune_predicts_with_the_eval_config_and_names_a_class_mismatch(tmp_path):
+    data = three_class_folder(tmp_path / "colours")
+    cli("fit", *QUICK, "--trainer.max_epochs", "1", "--data.dataset", str(data), "--data.batch_size", "8",
+        "--trainer.default_root_dir", str(tmp_path / "ft"))
+    ckpt = tmp_path / "ft" / "version_0" / "checkpoints" / "last.ckpt"
+    assert load(ckpt)["hyper_parameters"]["id2label"] == {0: "blue", 1: "green", 2: "red"}
+    cli("predict", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(ckpt),
+        "--data.predict_paths", str(data / "red"), "--trainer.default_root_dir", str(tmp_path / "pred"))
+    rows = list(csv.DictReader((tmp_path / "pred" / "version_0" / "predictions.csv").open()))
+    assert len(rows) == 12 and {r["label_1"] for r in rows} <= {"red", "green", "blue"}
+    out = cli("validate", "--ckpt_path", str(ckpt), "--data.dataset", "null",
+              "--trainer.default_root_dir", str(tmp_path / "val"), expect=1)
+    assert "head has 3 classes but the data has 10" in out
+
+
+def test_max_steps_sizes_the_warmup_in_epochs_of_the_data(tmp_path):
+    # 4 batches an epoch, warmup_epochs 1: the LR rises for 4 steps and peaks at model.lr
+    cli("fit", *QUICK, "--trainer.max_epochs", "-1", "--trainer.max_steps", "12",
+        "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", str(tmp_path))
+    rows = metrics(tmp_path / "version_0")
+    lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
+    assert len(lrs) == 12
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert peak == 4 and lrs[peak] == pytest.approx(2e-3)
+    assert lrs[:4] == pytest.approx([2e-3 * (s + 1) / 5 for s in range(4)])
+    assert lrs[-1] < lrs[peak]
+
+
+def corrupt_folder(folder: Path, names: list[str], empty: bool = False) -> Path:
+    good = REPO / "tests" / "data"  # any PNG bytes cut short, or zero bytes
+    data = b"" if empty else b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    assert good.is_dir()
+    return folder
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["truncated", "zero-byte"])
+def test_an_undecodable_dataset_stops_with_an_error_naming_files(tmp_path, empty):
+    names = [f"{c}/{i}.png" for c in ("a", "b") for i in range(4)]
+    data = corrupt_folder(tmp_path / "bad", names, empty)
+    out = cli("fit", *QUICK, "--data.dataset", str(data), "--data.batch_size", "2",
+              "--trainer.default_root_dir", str(tmp_path / "runs"), expect=1)
+    assert "cannot reshape" not in out and "0.png" in out and "undecodable" in out.lower()
+
+
+def test_an_all_undecodable_batch_is_skipped_and_counted(tmp_path):
+    data = tmp_path / "colours"
+    three_class_folder(data / "train", per_class=6)
+    three_class_folder(data / "validation", per_class=2)
+    # the first validation batch (rows sorted by path, batch_size 2) is both of these
+    corrupt_folder(data / "validation", ["blue/0000_bad.png", "blue/0001_bad.png"])
+    out = cli("fit", *QUICK, "--trainer.max_epochs", "1", "--data.dataset", str(data),
+              "--data.batch_size", "2", "--trainer.default_root_dir", str(tmp_path / "runs"))
+    rows = metrics(tmp_path / "runs" / "version_0")
+    assert last_value(rows, "data/skipped_validate") == 2, out[-3000:]
+    assert last_value(rows, "data/skipped_train") == 0
+    assert 0 <= last_value(rows, "val/acc1") <= 1
