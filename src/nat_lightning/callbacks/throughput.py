@@ -21,3 +21,9 @@ class ImageThroughputMonitor(ThroughputMonitor):
         window_size: batches averaged over for each reading.
         """
         super().__init__(batch_size_fn=images_in, window_size=window_size)
+
+    def _update(self, trainer, pl_module, batch, iter_num) -> None:
+        # the one place every stage's batch goes through; a batch of undecodable images only
+        # processed nothing (and Lightning's Throughput rejects fewer samples than batches)
+        if images_in(batch):
+            super()._update(trainer, pl_module, batch, iter_num)

@@ -112,11 +112,10 @@ def pretrained_preprocessing(pretrained: str | None) -> dict | None:
     """image_size, crop_pct, mean and std from a pretrained folder's preprocessor_config.json."""
     if pretrained is None:
         return None
-    from ..data.transforms import read_preprocessor_config
+    from ..data.transforms import config_preprocessing
 
     folder = resolve_pretrained(pretrained)
-    if not folder.is_dir() or not (folder / "preprocessor_config.json").is_file():
+    if not (folder / "preprocessor_config.json").is_file():
         return None
-    values = read_preprocessor_config(folder)
-    renamed = {"image_mean": "mean", "image_std": "std"}
-    return {renamed.get(k, k): (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    values = config_preprocessing(folder)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
