@@ -174,3 +174,24 @@ def test_a_resumed_run_keeps_its_schedule_unless_asked(tmp_path):
     with pytest.warns(UserWarning, match="re-sizing"):
         resized, _ = fit(3, tmp_path / "two.ckpt", rescale_schedule=True)
     assert resized.schedule == (1, 6)
+
+
+def test_a_training_step_does_not_wait_for_the_device(monkeypatch):
+    """No bool() of a tensor computed from the batch: on a GPU each is a host sync. (Mixup's
+    draws are item() of host-side RNG tensors, which never wait for the device.)"""
+    calls = []
+    original = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: calls.append(self) or original(self))
+    batch = {"pixel_values": torch.randn(4, 3, 16, 16), "labels": torch.tensor([1, 2, -100, 3])}
+    for kwargs in ({}, {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}):
+        model = NatClassifier(model=TINY, num_classes=10, **kwargs)
+        model.log = lambda *a, **k: None
+        calls.clear()
+        loss = model.training_step(batch, 0)
+        assert calls == [] and loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_per_class_accuracy_is_opt_in_above_a_hundred_classes():
+    assert "per_class" in NatClassifier(model=TINY, num_classes=100).val_metrics
+    assert "per_class" not in NatClassifier(model=TINY, num_classes=1000).val_metrics
+    assert "per_class" in NatClassifier(model=TINY, num_classes=1000, log_per_class=True).val_metrics

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nat_lightning.tasks.optim import layer_id, no_weight_decay, param_groups, warmup_cosine
+from nat_lightning.tasks.optim import layer_id, no_weight_decay, param_groups, schedule_length, warmup_cosine
 
 
 class Toy(nn.Module):
@@ -66,3 +66,31 @@ def test_warmup_then_cosine_values():
     assert lrs[4] == pytest.approx(0.5)  # peak right after warmup
     assert lrs[9] == pytest.approx(0.5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     assert lrs[14] == pytest.approx(0.5 * 0.1)
+
+
+class FakeTrainer:
+    """What schedule_length reads of a Trainer."""
+
+    def __init__(self, steps, batches, accumulate=1):
+        self.estimated_stepping_batches, self.num_training_batches = steps, batches
+        self.accumulate_grad_batches, self.train_dataloader = accumulate, object()
+
+
+@pytest.mark.parametrize(("steps", "batches", "accumulate", "epochs", "warmup_steps", "expected"), [
+    (60, 26, 1, 1.0, None, (26, 60)),  # max_steps 60 with 26 batches an epoch: one epoch is 26
+    (390, 26, 1, 1.0, None, (26, 390)),  # max_epochs 15
+    (195, 26, 2, 1.0, None, (13, 195)),  # accumulating 2 batches: 13 steps an epoch
+    (100, 26, 1, 0.5, None, (13, 100)),
+    (100, 26, 1, 1.0, 7, (7, 100)),  # given in steps
+    (10, 26, 1, 1.0, None, (10, 10)),  # never longer than the run
+])
+def test_schedule_length_follows_the_trainer(steps, batches, accumulate, epochs, warmup_steps, expected):
+    assert schedule_length(FakeTrainer(steps, batches, accumulate), epochs, warmup_steps) == expected
+
+
+def test_an_unsized_stream_needs_max_steps_and_warmup_steps():
+    with pytest.raises(ValueError, match="no length.*set trainer.max_steps"):
+        schedule_length(FakeTrainer(float("inf"), float("inf")), 1.0)
+    with pytest.raises(ValueError, match="warmup_epochs=1.0 needs the length of an epoch.*warmup_steps"):
+        schedule_length(FakeTrainer(100, float("inf")), 1.0)
+    assert schedule_length(FakeTrainer(100, float("inf")), 1.0, warmup_steps=5) == (5, 100)

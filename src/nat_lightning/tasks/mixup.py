@@ -49,7 +49,7 @@ class MixupCutmix:
             return images, targets
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or torch.rand(()).item() < self.switch_prob)
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        lam = float(torch.distributions.Beta(alpha, alpha, validate_args=False).sample())  # host RNG, no checks
         flipped = images.flip(0)
         if use_cutmix:
             images, lam = _paste_box(images, flipped, lam)
