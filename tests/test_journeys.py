@@ -63,8 +63,18 @@ def root(tmp_path_factory):
     """One quickstart root, fitted twice: version_0 and version_1."""
     root = tmp_path_factory.mktemp("runs")
     for _ in range(2):
-        cli("fit", *QUICK, "--trainer.default_root_dir", str(root))
+        out = cli("fit", *QUICK, "--trainer.default_root_dir", str(root))
+    (root.parent / "fit_output.txt").write_text(out)
     return root
+
+
+def test_a_fit_prints_its_run_folder_and_none_of_lightnings_false_alarms(root):
+    out = (root.parent / "fit_output.txt").read_text()
+    assert f"run folder {root / 'version_1'}" in out and "fit finished" in out
+    for alarm in ("args and command line arguments", "was called without a model", "Restoring states"):
+        assert alarm not in out
+    flops = [line for line in out.splitlines() if "Total FLOPs" in line]
+    assert flops and "Total FLOPs: 0 " not in flops[0] + " "
 
 
 def test_a_second_fit_starts_a_fresh_run_and_leaves_the_first_alone(root):
@@ -205,3 +215,31 @@ def test_an_all_undecodable_batch_is_skipped_and_counted(tmp_path):
     assert last_value(rows, "data/skipped_validate") == 2, out[-3000:]
     assert last_value(rows, "data/skipped_train") == 0
     assert 0 <= last_value(rows, "val/acc1") <= 1
+
+
+def data_settings(ckpt: Path) -> dict:
+    data = load(ckpt)["datamodule_hyper_parameters"]
+    return {k: data[k] for k in ("image_size", "crop_pct", "mean", "std")}
+
+
+def test_fine_tuning_takes_the_pretrained_preprocessing_unless_set(root, tmp_path):
+    """From an exported folder or a checkpoint: its 32 px, crop 1.0, mean/std 0.5 (not 224 px and
+    ImageNet's); an explicit --data value wins."""
+    source = root / "version_0" / "checkpoints" / "last.ckpt"
+    folder = tmp_path / "exported"
+    cli("export", "--ckpt_path", str(source), "--output", str(folder))
+    data = three_class_folder(tmp_path / "colours", per_class=4)
+    tiny = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+            "--data.dataset", str(data), "--data.batch_size", "4", "--data.num_workers", "0"]
+    quickstart = {"image_size": 32, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3}
+    for i, (pretrained, extra, expected) in enumerate([
+        (folder, [], quickstart),
+        (folder, ["--data.image_size", "48", "--data.std", "[0.25,0.25,0.25]"],
+         {**quickstart, "image_size": 48, "std": [0.25] * 3}),
+        (source, [], quickstart),
+    ]):
+        cli("fit", "--model.pretrained", str(pretrained), *tiny, *extra, "--trainer.default_root_dir", str(tmp_path / "ft"))
+        ckpt = tmp_path / "ft" / f"version_{i}" / "checkpoints" / "last.ckpt"
+        got = data_settings(ckpt)
+        assert {**got, "mean": list(got["mean"]), "std": list(got["std"])} == expected, (pretrained, extra)
+        assert load(ckpt)["hyper_parameters"]["num_classes"] == 3  # the data's classes, a new head

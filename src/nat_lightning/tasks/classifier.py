@@ -68,7 +68,8 @@ class NatClassifier(L.LightningModule):
             the pretrained checkpoint's config, else ``nat_pico``. Beside ``pretrained`` a variant
             name must match the checkpoint's architecture.
         pretrained: a transformers-layout folder or Hub id (e.g. shi-labs/nat-mini-in1k-224),
-            or an original SHI-Labs ``.pth`` read with ``model`` as its config.
+            an original SHI-Labs ``.pth`` read with ``model`` as its config, or a NatClassifier
+            ``.ckpt`` (its network only: a new run, unlike ``--ckpt_path``).
         num_classes: classes of the head; None: the datamodule's (a new head where the
             checkpoint's differs), or the checkpoint's head without a datamodule.
         id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
