@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,39 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "2"]
-
-
-def cli(*args: str, timeout: float = 240, expect: int = 0) -> str:
-    """Run the CLI; its output. Fails on another exit code or after ``timeout`` seconds."""
-    proc = subprocess.Popen([sys.executable, "-m", "nat_lightning", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        out = ""
-        pytest.fail(f"timed out after {timeout} s: {args}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}) for {args}:\n{out[-6000:]}"
-    return out
-
-
-def metrics(run: Path) -> list[dict]:
-    return list(csv.DictReader((run / "metrics.csv").open()))
-
-
-def last_value(rows: list[dict], key: str) -> float:
-    return [float(r[key]) for r in rows if r.get(key)][-1]
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+from tests.runner import QUICK, cli, last_value, load, metrics
 
 
 class SigkillAt(L.Callback):

@@ -35,7 +35,9 @@ class SkippedImagesReport(Callback):
         local = torch.tensor([tally.skipped, tally.seen], device=pl_module.device)
         skipped, seen = trainer.strategy.reduce(local, reduce_op="sum").tolist()  # every rank
         if log:
-            pl_module.log(f"data/skipped_{stage}", float(skipped), sync_dist=False)
+            # already summed over the ranks: "max" of equal values is the value, and logging
+            # it as synced keeps Lightning from warning (its all-reduce runs on every rank)
+            pl_module.log(f"data/skipped_{stage}", float(skipped), sync_dist=True, reduce_fx="max")
         where = f"{stage} (epoch {trainer.current_epoch}, all ranks)"
         if skipped:
             example = f"; e.g. {tally.names[:3]}" if tally.names else ""

@@ -136,9 +136,13 @@ class NatClassifier(L.LightningModule):
             hp.mixup_switch_prob,
             hp.label_smoothing,
         )
-        self.train_metrics, self.val_metrics, self.test_metrics = (
-            self._stage_metrics() for _ in range(3)
-        )
+        # train/acc1 is this rank's running accuracy: computing it needs no collective, and
+        # rank-0-only readers (the progress bar at the epoch's end) do compute it. val/test
+        # metrics are exact over all ranks (computed where every rank computes them).
+        train_acc1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro",
+                                        ignore_index=IGNORE_INDEX, sync_on_compute=False)
+        self.train_metrics = torch.nn.ModuleDict({"acc1": train_acc1})
+        self.val_metrics, self.test_metrics = (self._stage_metrics() for _ in range(2))
 
     def _stage_metrics(self) -> torch.nn.ModuleDict:
         n = self.num_classes
@@ -265,7 +269,7 @@ class NatClassifier(L.LightningModule):
         if metric is None or metric.update_count == 0:
             return
         for name, acc in metric.compute().items():  # compute() gathers every rank's counts
-            self.log(f"{stage}/{name}", acc, rank_zero_only=True)
+            self.log(f"{stage}/{name}", acc, sync_dist=True, reduce_fx="max")  # equal on all ranks
         metric.reset()
 
     @staticmethod
