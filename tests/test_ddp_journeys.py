@@ -3,6 +3,11 @@ the rich progress bar on, each under a hard timeout that kills every rank."""
 
 from __future__ import annotations
 
+import os
+import signal
+
+import lightning as L
+
 from tests.runner import QUICK, cli, load, metrics
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
@@ -19,3 +24,24 @@ def test_a_two_process_fit_ends_its_epochs_without_a_hang_or_sync_warnings(tmp_p
     rows = metrics(tmp_path / "version_0")
     assert [float(r["val/acc1"]) for r in rows if r.get("val/acc1")]
     assert any(r.get("val/acc_class/3") for r in rows)
+
+
+class SigtermAt(L.Callback):
+    """What a cluster does at preemption: SIGTERM to every process of the job, here from rank 0
+    in the second batch of epoch 1 (after epoch 0's last.ckpt)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1 and trainer.global_rank == 0:
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+
+
+def test_sigterm_stops_every_rank_writes_on_exception_once_and_resumes(tmp_path):
+    out = cli("fit", *QUICK, *DDP, "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.callbacks+=tests.test_ddp_journeys.SigtermAt", timeout=180, expect=143)
+    folder = tmp_path / "version_0" / "checkpoints"
+    stopped = load(folder / "on_exception.ckpt")
+    assert stopped["epoch"] == 1 and 3 <= stopped["global_step"] <= 5, out[-3000:]
+    assert out.count("on_exception.ckpt; resume with --ckpt_path last") == 1
+    cli("fit", *QUICK, *DDP, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last", timeout=180)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["version_0"]
+    assert load(folder / "last.ckpt")["global_step"] == 6

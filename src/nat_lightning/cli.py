@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +33,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from . import runs
@@ -194,10 +196,24 @@ def export_main(argv: list[str]) -> None:
     CLI(export, args=argv, as_positional=False)
 
 
+class _StopOnSigterm:
+    """SIGTERM before (or after) Lightning's own handler is in place, e.g. while DDP starts:
+    exit through an exception, so that Lightning's launcher stops the other ranks instead of
+    leaving them waiting for a rank that is gone. While a Trainer runs, Lightning calls this
+    after its own graceful handler: then it does nothing (fit stops at the next batch and
+    writes on_exception.ckpt)."""
+
+    def __call__(self, signum, frame) -> None:
+        if signal.getsignal(signal.SIGTERM) is self:
+            raise SystemExit(f"stopped by {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: process-wide settings live here, not at import time."""
     args = sys.argv[1:] if argv is None else argv
     torch.set_float32_matmul_precision("high")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _StopOnSigterm())
     # LightningModule.configure_model only resolves the classes from the data (no sharding), and
     # EMAWeightAveraging calls it early on purpose: its warning about sharding does not apply
     warnings.filterwarnings("ignore", message=".*WeightAveraging doesn't support sharding.*")
@@ -206,10 +222,13 @@ def main(argv: list[str] | None = None) -> None:
     )  # Lightning on torch 2.13
     if args and args[0] == "export":
         return export_main(args[1:])
-    NatLightningCLI(
-        NatClassifier,
-        HFImageDataModule,
-        trainer_defaults={"default_root_dir": DEFAULT_ROOT},
-        seed_everything_default=42,
-        args=argv,  # None reads sys.argv (passing both would warn)
-    )
+    try:
+        NatLightningCLI(
+            NatClassifier,
+            HFImageDataModule,
+            trainer_defaults={"default_root_dir": DEFAULT_ROOT},
+            seed_everything_default=42,
+            args=argv,  # None reads sys.argv (passing both would warn)
+        )
+    except SIGTERMException:  # a SystemExit with code 0 in Lightning: a stopped run is not a success
+        raise SystemExit(128 + signal.SIGTERM) from None

@@ -54,7 +54,7 @@ class ExceptionCheckpoint(Callback):
         self.path = Path(dirpath) / ON_EXCEPTION
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # a full state, to resume from
         rank_zero_info(
             f"{type(exception).__name__}: saved {self.path}; resume with --ckpt_path last"
         )
