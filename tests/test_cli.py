@@ -172,3 +172,24 @@ def test_push_to_hub_offline_fails_clearly_after_a_complete_export(trained, tmp_
     with pytest.raises(RuntimeError, match="could not push .* to the Hub repo 'me/nat-digits'"):
         export(str(last), str(tmp_path / "hub"), push_to_hub="me/nat-digits")
     assert (tmp_path / "hub" / "model.safetensors").exists()
+
+
+def test_the_ddp_config_sets_a_collective_timeout(tmp_path):
+    """A rank that dies or hangs fails the run after 5 minutes instead of hanging it forever."""
+    from datetime import timedelta
+
+    from nat_lightning.cli import NatLightningCLI
+    from nat_lightning.data import HFImageDataModule
+    from nat_lightning.tasks import NatClassifier
+
+    cli = NatLightningCLI(NatClassifier, HFImageDataModule, run=False, args=[
+        "--config", "configs/ddp_gpus.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--model.model", "nat_pico", "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.trainer.strategy._timeout == timedelta(minutes=5)
+
+
+def test_ckpt_path_last_without_a_run_names_the_root(tmp_path):
+    with pytest.raises(ValueError, match="ckpt_path='last': no run under default_root_dir=.*runs: none"):
+        main(["fit", *QUICK, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
+    with pytest.raises(ValueError, match="ckpt_path='nowhere.ckpt' does not exist"):
+        main(["validate", "--ckpt_path", "nowhere.ckpt", "--trainer.default_root_dir", str(tmp_path)])

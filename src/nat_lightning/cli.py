@@ -140,7 +140,7 @@ class NatLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Choose this run's folder and point checkpoints and outputs into it."""
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: flat
         root = config.trainer.default_root_dir or DEFAULT_ROOT
         if self._run is not None:  # resuming: the same run, logs of this part in a subfolder
             self._logs = runs.next_resumed_logs(self._run)
