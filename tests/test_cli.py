@@ -103,6 +103,18 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes(tmp_path):
     assert state["global_step"] == 4  # 3 steps of epoch 0, 1 of epoch 1
     fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     assert torch.load(cut / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert cut.parent.name == "version_0" and (cut.parent / "resumed_1" / "metrics.csv").is_file()
+
+
+def test_a_fit_after_a_crash_starts_afresh_even_with_another_model(tmp_path):
+    """Lightning resumes from on_exception.ckpt on its own when OnExceptionCheckpoint is used;
+    here a plain fit never does: a new run, even with a head that would not load."""
+    interrupted_fit(tmp_path)
+    fresh = fit(tmp_path, "--trainer.max_epochs", "1", "--model.model", "nat_mini", "--data.image_size", "32",
+                "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    assert fresh.parent.name == "version_1"
+    state = torch.load(fresh / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 1 and state["hyper_parameters"]["model"]["embed_dim"] == 64
 
 
 def test_validate_and_predict_from_a_checkpoint(trained, tmp_path):
