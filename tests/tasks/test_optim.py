@@ -4,7 +4,25 @@ import pytest
 import torch
 from torch import nn
 
-from nat_lightning.tasks.optim import layer_id, no_weight_decay, param_groups, schedule_length, warmup_cosine
+from nat_lightning import NatConfig, NatForImageClassification
+from nat_lightning.tasks.optim import (
+    layer_id,
+    no_weight_decay,
+    param_groups,
+    schedule_length,
+    warmup_cosine,
+)
+
+# layer scale on, so that gamma1/gamma2 exist
+LAYER_SCALED = NatConfig(
+    embed_dim=16,
+    depths=[1, 2],
+    num_heads=[1, 2],
+    kernel_size=3,
+    mlp_ratio=1.0,
+    layer_scale_init_value=1e-5,
+    num_labels=3,
+)
 
 
 class Toy(nn.Module):
@@ -14,7 +32,12 @@ class Toy(nn.Module):
         super().__init__()
         self.patch_embed = nn.Linear(2, 2)
         self.levels = nn.ModuleList(
-            nn.ModuleDict({"blocks": nn.ModuleList(nn.Linear(2, 2) for _ in range(2)), "downsample": nn.Linear(2, 2)})
+            nn.ModuleDict(
+                {
+                    "blocks": nn.ModuleList(nn.Linear(2, 2) for _ in range(2)),
+                    "downsample": nn.Linear(2, 2),
+                }
+            )
             for _ in range(2)
         )
         self.rpb = nn.Parameter(torch.zeros(1, 3, 3))
@@ -23,11 +46,75 @@ class Toy(nn.Module):
 
 
 def test_no_weight_decay_on_norms_biases_rpb_and_layer_scale():
-    assert no_weight_decay("x.attn.rpb", torch.zeros(2, 3, 3))
-    assert no_weight_decay("x.gamma1", torch.zeros(4))
-    assert no_weight_decay("x.norm1.weight", torch.zeros(4))
-    assert no_weight_decay("x.fc1.bias", torch.zeros(4))
-    assert not no_weight_decay("x.fc1.weight", torch.zeros(4, 4))
+    assert no_weight_decay(nn.Module(), "rpb")
+    assert no_weight_decay(nn.Module(), "gamma1") and no_weight_decay(nn.Module(), "gamma2")
+    assert no_weight_decay(nn.LayerNorm(4), "weight") and no_weight_decay(nn.LayerNorm(4), "bias")
+    assert no_weight_decay(nn.Linear(4, 4), "bias") and no_weight_decay(nn.Conv2d(4, 4, 3), "bias")
+    assert not no_weight_decay(nn.Linear(4, 4), "weight")
+    assert not no_weight_decay(nn.Conv2d(4, 4, 3), "weight")
+
+
+def decay_and_scale(model: nn.Module, drop: str = "") -> dict[str, tuple[float, float]]:
+    """``{name: (weight_decay, lr_scale)}`` of the groups param_groups gives ``model``; ``drop`` is
+    taken out of the names."""
+    names = {id(p): n.replace(drop, "") for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.05, depths=LAYER_SCALED.depths, layer_decay=0.5)
+    return {names[id(p)]: (g["weight_decay"], g["lr_scale"]) for g in groups for p in g["params"]}
+
+
+class FsdpWrapped(nn.Module):
+    """Puts ``_fsdp_wrapped_module.`` into the names below it, as FSDP's auto-wrapping does."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self._fsdp_wrapped_module = module
+
+
+def shard_like_fsdp(model: nn.Module) -> None:
+    """Every parameter becomes a 1-D tensor under the same name: FSDP's use_orig_params view of a
+    rank's shard, which is part of the flattened tensor, or empty where the shard holds none of it.
+    Each NAT block is wrapped as auto_wrap_policy=[NatBlock] wraps it."""
+    for index, module in enumerate(list(model.modules())):
+        for name, param in list(module.named_parameters(recurse=False)):
+            flat = param.detach().reshape(-1)
+            setattr(
+                module, name, nn.Parameter(flat[: flat.numel() // 2] if index % 2 else flat[:0])
+            )
+    for level in model.nat.levels:
+        for i, block in enumerate(level.blocks):
+            level.blocks[i] = FsdpWrapped(block)
+
+
+def test_weight_decay_groups_do_not_depend_on_shape():
+    torch.manual_seed(0)
+    model = NatForImageClassification(LAYER_SCALED)
+    groups = decay_and_scale(model)
+    # the oracle: the paper's rule, by shape, which holds on the unsharded model only: every 1-D
+    # tensor (norms, biases, layer scales) and the rpb tables are not decayed
+    paper = {
+        n: 0.0 if p.ndim <= 1 or n.endswith(".rpb") else 0.05 for n, p in model.named_parameters()
+    }
+    assert {n: wd for n, (wd, _) in groups.items()} == paper
+    assert groups["nat.levels.1.blocks.1.gamma2"][0] == 0.0
+    assert groups["nat.levels.1.blocks.1.attn.qkv.weight"] == (0.05, 0.5)
+    assert groups["nat.levels.0.downsample.reduction.weight"] == (0.05, 0.5**3)
+
+    shard_like_fsdp(model)
+    assert all(p.ndim == 1 for p in model.parameters())
+    assert any("_fsdp_wrapped_module" in n for n, _ in model.named_parameters())
+    assert decay_and_scale(model, drop="_fsdp_wrapped_module.") == groups
+
+
+def test_fsdp_flat_parameters_cannot_be_grouped():
+    from torch.distributed.fsdp._flat_param import FlatParameter
+
+    model = nn.Linear(2, 2)
+    model.weight = FlatParameter(torch.zeros(6))  # what use_orig_params=False registers
+    with pytest.raises(
+        ValueError,
+        match="'weight' is FSDP's flattened.*use_orig_params=False.*expected use_orig_params=True",
+    ):
+        param_groups(model, 0.05, depths=[1])
 
 
 def test_layer_ids_follow_depth():
@@ -76,21 +163,30 @@ class FakeTrainer:
         self.accumulate_grad_batches, self.train_dataloader = accumulate, object()
 
 
-@pytest.mark.parametrize(("steps", "batches", "accumulate", "epochs", "warmup_steps", "expected"), [
-    (60, 26, 1, 1.0, None, (26, 60)),  # max_steps 60 with 26 batches an epoch: one epoch is 26
-    (390, 26, 1, 1.0, None, (26, 390)),  # max_epochs 15
-    (195, 26, 2, 1.0, None, (13, 195)),  # accumulating 2 batches: 13 steps an epoch
-    (100, 26, 1, 0.5, None, (13, 100)),
-    (100, 26, 1, 1.0, 7, (7, 100)),  # given in steps
-    (10, 26, 1, 1.0, None, (10, 10)),  # never longer than the run
-])
-def test_schedule_length_follows_the_trainer(steps, batches, accumulate, epochs, warmup_steps, expected):
-    assert schedule_length(FakeTrainer(steps, batches, accumulate), epochs, warmup_steps) == expected
+@pytest.mark.parametrize(
+    ("steps", "batches", "accumulate", "epochs", "warmup_steps", "expected"),
+    [
+        (60, 26, 1, 1.0, None, (26, 60)),  # max_steps 60 with 26 batches an epoch: one epoch is 26
+        (390, 26, 1, 1.0, None, (26, 390)),  # max_epochs 15
+        (195, 26, 2, 1.0, None, (13, 195)),  # accumulating 2 batches: 13 steps an epoch
+        (100, 26, 1, 0.5, None, (13, 100)),
+        (100, 26, 1, 1.0, 7, (7, 100)),  # given in steps
+        (10, 26, 1, 1.0, None, (10, 10)),  # never longer than the run
+    ],
+)
+def test_schedule_length_follows_the_trainer(
+    steps, batches, accumulate, epochs, warmup_steps, expected
+):
+    assert (
+        schedule_length(FakeTrainer(steps, batches, accumulate), epochs, warmup_steps) == expected
+    )
 
 
 def test_an_unsized_stream_needs_max_steps_and_warmup_steps():
     with pytest.raises(ValueError, match="no length.*set trainer.max_steps"):
         schedule_length(FakeTrainer(float("inf"), float("inf")), 1.0)
-    with pytest.raises(ValueError, match="warmup_epochs=1.0 needs the length of an epoch.*warmup_steps"):
+    with pytest.raises(
+        ValueError, match="warmup_epochs=1.0 needs the length of an epoch.*warmup_steps"
+    ):
         schedule_length(FakeTrainer(100, float("inf")), 1.0)
     assert schedule_length(FakeTrainer(100, float("inf")), 1.0, warmup_steps=5) == (5, 100)

@@ -12,9 +12,35 @@ _BLOCK = re.compile(r"levels\.(\d+)\.blocks\.(\d+)\.")
 _DOWNSAMPLE = re.compile(r"levels\.(\d+)\.downsample\.")
 
 
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Norms, biases, the rpb tables and layer scales are not decayed (as in the paper's code)."""
-    return param.ndim <= 1 or name.endswith(("rpb", "gamma1", "gamma2"))
+# Not decayed, as in the paper's code: norms' weights and biases, every bias, the rpb tables and the
+# layer scales. Decided by a parameter's own name and its module's type, never by its shape: under
+# FSDP (use_orig_params) every parameter is a 1-D view of this rank's shard, often empty.
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+NO_DECAY_NAMES = frozenset({"bias", "rpb", "gamma1", "gamma2"})
+
+
+def no_weight_decay(module: nn.Module, name: str) -> bool:
+    """Whether ``module``'s own parameter ``name`` (``weight``, ``rpb``, ...) is kept out of weight decay."""
+    return isinstance(module, NORMS) or name in NO_DECAY_NAMES
+
+
+def owned_parameters(model: nn.Module):
+    """``(full name, owning module, own name, parameter)`` of every parameter once, in the order of
+    ``model.named_parameters()``."""
+    seen = set()
+    for prefix, module in model.named_modules():
+        for own, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = f"{prefix}.{own}" if prefix else own
+            if getattr(param, "_is_flat_param", False):
+                raise ValueError(
+                    f"parameter {name!r} is FSDP's flattened parameter (use_orig_params=False), which "
+                    "mixes weights that are decayed with ones that are not: expected "
+                    "use_orig_params=True (FSDPStrategy's default)"
+                )
+            yield name, module, own, param
 
 
 def layer_id(name: str, depths: list[int]) -> int:
@@ -29,16 +55,18 @@ def layer_id(name: str, depths: list[int]) -> int:
     return sum(depths) + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, depths: list[int], layer_decay: float | None = None):
+def param_groups(
+    model: nn.Module, weight_decay: float, depths: list[int], layer_decay: float | None = None
+):
     """AdamW parameter groups: decay / no decay, each scaled by ``layer_decay ** (L+1 - depth)``.
 
     Every parameter is listed, trainable or not, so that unfreezing later needs no new groups.
     """
     top = sum(depths) + 1
     groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
+    for name, module, own, param in owned_parameters(model):
         depth = layer_id(name, depths) if layer_decay is not None else top
-        skip = no_weight_decay(name, param)
+        skip = no_weight_decay(module, own)
         group = groups.setdefault(
             (depth, skip),
             {
@@ -89,5 +117,8 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: 
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    lambdas = [lambda step, s=g.get("lr_scale", 1.0): s * factor(step) for g in optimizer.param_groups]
+    def scaled(scale: float):
+        return lambda step: scale * factor(step)
+
+    lambdas = [scaled(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
