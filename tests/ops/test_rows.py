@@ -6,10 +6,11 @@ import torch
 from nat_lightning.ops import na2d_qkv, na2d_reference, na2d_torch
 from nat_lightning.ops import rows as rows_module
 from nat_lightning.ops.rows import _key_row_grads, _row, _row_buffer, _strip_width, row_geometry
+from nat_lightning.ops.tiled import strided_fits
 
 SHAPES = [  # (height, width, kernel_size, dilation, tile_size or None for the default)
     (14, 14, 7, 1, None),  # border rows only: every query row has a clamped window
-    (29, 20, 7, 1, None),  # interior rows, and a last strip with a pad column
+    (29, 20, 7, 1, 7),  # interior rows, and a last strip with a pad column
     (28, 28, 7, 1, None),  # two 14-wide strips, each off the map on one side
     (15, 20, 7, 1, 4),  # strips overlap their second neighbour (T < k - 1)
     (15, 20, 7, 1, 8),
@@ -36,9 +37,9 @@ def _forward_and_grads(impl, inputs, *args, **kwargs):
 def test_shapes_take_the_row_kernel():
     """Every case above runs the row kernel, not the tiled fallback."""
     for h, w, k, d, t in SHAPES:
-        geo = row_geometry(h // d, w // d, k, t or _strip_width(w // d), "cpu")
+        geo = row_geometry(h // d, w // d, k, t or _strip_width(w // d, k), "cpu")
         assert geo is not None, (h, w, k, d, t)
-    assert _strip_width(20) == 7 and row_geometry(29, 20, 7, 7, "cpu").strips * 7 == 21
+    assert _strip_width(20) == 10 and row_geometry(29, 20, 7, 7, "cpu").strips * 7 == 21
 
 
 @pytest.mark.parametrize("height,kernel_size", [(29, 7), (14, 7), (9, 3), (7, 7)])
@@ -166,3 +167,78 @@ def test_inputs_are_left_untouched(grad):
     for t, b in zip(inputs, before):
         assert torch.equal(t.detach(), b)
     torch.testing.assert_close(out, na2d_reference(*inputs[:3], 7, 1, inputs[3]))
+
+
+@pytest.mark.parametrize("width", [9, 43, 50, 51, 57])
+def test_widths_no_measured_strip_tiles_take_the_row_kernel(width, monkeypatch):
+    """Maps 9, 43, 50, 51 and 57 wide (144, 200 and 228 px inputs) fit none of the 6, 7, 8 and
+    14-wide strips; _strip_width picks one that fits, and the row kernel (not the tiled
+    fallback) serves them, exactly."""
+    assert strided_fits(width, 7, _strip_width(width, 7))
+    monkeypatch.setattr(rows_module, "_tiled", None)  # would raise if the fallback were taken
+    torch.manual_seed(0)
+    inputs = _inputs(9, width, 7, batch=1, heads=2, head_dim=4)
+    got = _forward_and_grads(na2d_torch, inputs, 7, 1)
+    expected = _forward_and_grads(na2d_reference, inputs, 7, 1)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_double_backward_raises(packed):
+    """The backward is not itself differentiable: differentiating through it must fail loudly,
+    not return gradients that miss the second-order terms."""
+    torch.manual_seed(0)
+    q, k, v, rpb = (t.requires_grad_() for t in _inputs(9, 10, 3))
+    if packed:
+        qkv = torch.stack([q, k, v], 3).detach().requires_grad_()
+        out, leaves = na2d_qkv(qkv, 3, 1, rpb), (qkv, rpb)
+    else:
+        out, leaves = na2d_torch(q, k, v, 3, 1, rpb), (q, k, v, rpb)
+    grads = torch.autograd.grad(out.square().sum(), leaves, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once: a double backward"):
+        sum(g.square().sum() for g in grads).backward()
+
+
+def test_custom_op_registrations_agree():
+    """torch.library.opcheck: schema, fake (meta) shapes and strides, autograd registration and
+    AOT dispatch (dynamic shapes included) against the real kernel, packed and unpacked, with and
+    without rpb, training and inference."""
+    torch.manual_seed(0)
+    q, k, v, rpb = _inputs(9, 10, 3, dtype=torch.float32)
+    qkv = torch.stack([q, k, v], 3)
+    for args in ((q, k, v, rpb), (qkv, None, None, rpb), (q, k, v, None)):
+        for keep in (True, False):
+            grad = keep and args[1] is None
+            inputs = [t.clone().requires_grad_(grad) if t is not None else None for t in args]
+            torch.library.opcheck(rows_module._row_attention, (*inputs, 3, 0.5, 4, keep))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_op_matches_reference(dtype):
+    """Under torch.compile na2d_qkv is one graph (fullgraph: no break, so the tiled kernel, which
+    runs eagerly there, is not taken; bf16 too), forward and backward, rpb and dilation, with a
+    dynamic batch; and inference (no_grad)."""
+    torch.manual_seed(0)
+
+    def attend(qkv, rpb):
+        return na2d_qkv(qkv, 5, 2, rpb, backend="torch")
+
+    compiled = torch.compile(attend, fullgraph=True, dynamic=True)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 6e-2, "rtol": 6e-2}
+    for batch in (2, 3):
+        q, k, v, rpb = _inputs(18, 20, 5, batch=batch)
+        qkv = torch.stack([q, k, v], 3).to(dtype).requires_grad_()
+        rpb = rpb.to(dtype).requires_grad_()
+        out = compiled(qkv, rpb)
+        grad = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view(out.shape)
+        got = torch.autograd.grad(out, (qkv, rpb), grad.to(dtype))
+        leaves = [t.detach().double().requires_grad_() for t in (q, k, v, rpb)]
+        ref = na2d_reference(*leaves[:3], 5, 2, leaves[3])
+        expected = torch.autograd.grad(ref, leaves, grad)
+        assert out.dtype == got[0].dtype == got[1].dtype == dtype
+        torch.testing.assert_close(out.double(), ref, **tol)
+        torch.testing.assert_close(got[0].double(), torch.stack(expected[:3], 3), **tol)
+        torch.testing.assert_close(got[1].double(), expected[3], **tol)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(qkv, rpb).double(), ref, **tol)

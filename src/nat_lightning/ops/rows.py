@@ -14,6 +14,11 @@ and gets each key row's gradients from one matmul over all the query rows that r
 
 Serves dilation 1, and dilation ``d`` when ``d`` divides the map (the groups are folded into the
 batch); :func:`na2d_torch` sends every other call to :func:`.na2d_tiled`.
+
+Forward and backward are two ``torch.library`` custom ops, ``nat_lightning::na2d_rows`` and
+``nat_lightning::na2d_rows_backward``, with fake (meta) implementations: torch.compile keeps each
+one whole in its graph and compiles only the work around it. The backward is not differentiable
+again; a double backward through it raises.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_na2d_args
-from .tiled import _fold_groups, _unfold_groups, na2d_tiled, strided_tiles
+from .tiled import _fold_groups, _unfold_groups, na2d_tiled, strided_fits, strided_tiles
 from .windows import window_start
 
 
@@ -155,8 +160,12 @@ def _row_buffer(n: int, geo: RowGeometry, like: torch.Tensor) -> torch.Tensor:
     per reader, border readers included: the slices a key row reads from all its readers are one
     strided matrix, without copying (:func:`_key_row_grads`). Gaps of R open between interior rows.
     """
-    kr = geo.bias_index.shape[-1]
-    return like.new_empty(n, len(geo.starts) * geo.tile * kr + geo.starts[-1] * geo.region)
+    kr, r = geo.bias_index.shape[-1], geo.region
+    buffer = like.new_empty(n, len(geo.starts) * geo.tile * kr + geo.starts[-1] * r)
+    for i in range(1, len(geo.starts)):  # the gaps are never read; zeroed so that the op's outputs
+        end = i * geo.tile * kr + geo.starts[i] * r  # hold no uninitialised memory
+        buffer[:, end - (geo.starts[i] - geo.starts[i - 1]) * r : end].zero_()
+    return buffer
 
 
 def _row(buffer: torch.Tensor, i: int, geo: RowGeometry) -> torch.Tensor:
@@ -190,55 +199,54 @@ def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: Ro
     return q, keys, values, probs, out
 
 
-class _RowAttention(torch.autograd.Function):
-    """Inputs ``(query, key, value)``, or ``(qkv, None, None)`` with ``qkv`` the packed
-    ``(B, H, W, 3, heads, D)`` output of a fused projection: its gradient is then one tensor,
-    written in place, instead of three that autograd's unbind-backward stacks (a copy)."""
-
-    @staticmethod
-    def forward(ctx, query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry):
-        ctx.packed = key is None
-        if ctx.packed:
-            query, key, value = query.unbind(3)
-        q, keys, values, probs, out = _row_forward(query, key, value, rpb, kernel_size, scale, geo, True)
-        ctx.save_for_backward(q, keys, values, probs, out, rpb)
-        ctx.geo, ctx.shape, ctx.kernel_size, ctx.scale = geo, query.shape, kernel_size, scale
-        return _from_query_rows(out, query.shape)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, keys, values, probs, out, rpb = ctx.saved_tensors
-        geo, shape, k, r = ctx.geo, ctx.shape, ctx.kernel_size, ctx.geo.region
-        batch, height = shape[:2]
-        grad_o = _query_rows(grad_out, geo)  # (N, H, T, D); zero on pad columns, so they add nothing
-        grad_q = torch.empty_like(out)  # (H, N, T, D), by query row
-        grad_k, grad_v = q.new_empty(height, q.shape[0], r, q.shape[-1]), q.new_empty(height, q.shape[0], r, q.shape[-1])
-        want_rpb = rpb is not None and ctx.needs_input_grad[3]
-        acc = torch.promote_types(q.dtype, torch.float32)  # bf16 sums over the batch lose too much
-        grad_bias = q.new_empty(height, q.shape[0] // batch, geo.tile, k * r, dtype=acc) if want_rpb else None
-        # rowsum(dP * P) = rowsum(dO * O): (N, H, T, 1)
-        delta = (grad_o * out.transpose(0, 1)).sum(-1, keepdim=True)
-        grad_s_rows, done = _row_buffer(q.shape[0], geo, q), 0
-        for i, s in enumerate(geo.starts):
-            window, grad_s = slice(s * r, (s + k) * r), _row(grad_s_rows, i, geo)
-            grad_p = torch.bmm(grad_o[:, i], values[:, window].transpose(1, 2))
-            torch.mul(grad_p.sub_(delta[:, i]), _row(probs, i, geo), out=grad_s)  # a strided out: one pass
-            if want_rpb:
-                grad_bias[i] = grad_s.view(batch, -1, *grad_s.shape[1:]).sum(0, dtype=acc)
-            torch.bmm(grad_s, keys[:, window], out=grad_q[i])
-            while done < height and geo.last_reader[done] == i:  # key row `done` has all its readers
-                _key_row_grads(done, geo, grad_s_rows, probs, q, grad_o, grad_k[done], grad_v[done])
-                done += 1
-        grad_rpb = _rpb_grad(grad_bias, geo, rpb, k) if want_rpb else None
-        grad_key, grad_value = _from_key_rows(grad_k, shape, geo), _from_key_rows(grad_v, shape, geo)
-        if ctx.packed:
-            grad_qkv = grad_k.new_empty(*shape[:3], 3, *shape[3:])
-            _from_query_rows(grad_q.mul_(ctx.scale), shape, out=grad_qkv[:, :, :, 0])
-            grad_qkv[:, :, :, 1].copy_(grad_key)
-            grad_qkv[:, :, :, 2].copy_(grad_value)
-            return grad_qkv, None, None, grad_rpb, None, None, None
-        grad_query = _from_query_rows(grad_q.mul_(ctx.scale), shape)
-        return grad_query, grad_key, grad_value, grad_rpb, None, None, None
+def _row_backward(
+    grad_out,
+    output,
+    q,
+    keys,
+    values,
+    probs,
+    rpb,
+    kernel_size: int,
+    scale: float,
+    geo: RowGeometry,
+    want_rpb: bool,
+):
+    """The backward, row by row: ``(grad_qkv, grad_rpb or None)``, the query, key and value
+    gradients packed as ``(B, H, W, 3, heads, D)``: one tensor, written in place, instead of
+    three that an unbind-backward would stack (a copy). ``output`` is the forward's result."""
+    k, r = kernel_size, geo.region
+    shape = grad_out.shape
+    batch, height = shape[:2]
+    grad_o = _query_rows(grad_out, geo)  # (N, H, T, D); zero on pad columns, so they add nothing
+    grad_q = q.new_empty(height, q.shape[0], geo.tile, q.shape[-1])  # (H, N, T, D), by query row
+    grad_k, grad_v = (
+        q.new_empty(height, q.shape[0], r, q.shape[-1]),
+        q.new_empty(height, q.shape[0], r, q.shape[-1]),
+    )
+    acc = torch.promote_types(q.dtype, torch.float32)  # bf16 sums over the batch lose too much
+    grad_bias = (
+        q.new_empty(height, q.shape[0] // batch, geo.tile, k * r, dtype=acc) if want_rpb else None
+    )
+    # rowsum(dP * P) = rowsum(dO * O): (N, H, T, 1)
+    delta = _query_rows((grad_out * output).sum(-1, keepdim=True), geo)
+    grad_s_rows, done = _row_buffer(q.shape[0], geo, q), 0
+    for i, s in enumerate(geo.starts):
+        window, grad_s = slice(s * r, (s + k) * r), _row(grad_s_rows, i, geo)
+        grad_p = torch.bmm(grad_o[:, i], values[:, window].transpose(1, 2))
+        # a strided out: one pass
+        torch.mul(grad_p.sub_(delta[:, i]), _row(probs, i, geo), out=grad_s)
+        if want_rpb:
+            grad_bias[i] = grad_s.view(batch, -1, *grad_s.shape[1:]).sum(0, dtype=acc)
+        torch.bmm(grad_s, keys[:, window], out=grad_q[i])
+        while done < height and geo.last_reader[done] == i:  # key row `done` has all its readers
+            _key_row_grads(done, geo, grad_s_rows, probs, q, grad_o, grad_k[done], grad_v[done])
+            done += 1
+    grad_qkv = grad_k.new_empty(*shape[:3], 3, *shape[3:])
+    _from_query_rows(grad_q.mul_(scale), shape, out=grad_qkv[:, :, :, 0])
+    grad_qkv[:, :, :, 1].copy_(_from_key_rows(grad_k, shape, geo))
+    grad_qkv[:, :, :, 2].copy_(_from_key_rows(grad_v, shape, geo))
+    return grad_qkv, _rpb_grad(grad_bias, geo, rpb, k) if want_rpb else None
 
 
 def _key_row_grads(row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_o, grad_k, grad_v) -> None:
@@ -266,7 +274,118 @@ def _rpb_grad(grad_bias: torch.Tensor, geo: RowGeometry, rpb: torch.Tensor, kern
     heads, size = rpb.shape[0], 2 * kernel_size
     grad = grad_bias.view(geo.bias_index.shape[0], heads, -1).transpose(0, 1).reshape(heads, -1)
     table = grad.new_zeros(heads, size * size).index_add_(1, geo.bias_index.flatten(), grad)
-    return table.view(heads, size, size)[:, : size - 1, : size - 1].to(rpb.dtype)
+    return table.view(heads, size, size)[:, : size - 1, : size - 1].to(rpb.dtype).contiguous()
+
+
+# -- the op for autograd and torch.compile: torch.library custom ops ------------------------------
+# The row loop is opaque to the compiler: inductor fuses the work around the op and calls these as
+# they are. The ops are named after this module, so a copy loaded under another name (as
+# experiments/bench_ab.py loads rows.py at two revisions) registers its own instead of colliding.
+_OP = "nat_lightning::na2d_" + __name__.rpartition(".")[2]  # nat_lightning::na2d_rows
+Tensor = torch.Tensor  # the ops' annotations, which torch.library reads into their schemas
+
+
+def _saved_shapes(shape, kernel_size: int, tile: int):
+    """Shapes of what the forward keeps for the backward besides its output: q, keys, values
+    and probs, each (N, ...) with N = B*heads*strips first, so no stride depends on the batch
+    (torch.compile would specialise a dynamic batch on one that did)."""
+    b, h, w, heads, dim = shape
+    r, n = tile + kernel_size - 1, b * heads * (-(-w // tile))
+    probs = h * tile * kernel_size * r + (h - kernel_size) * r  # _row_buffer; start(H-1) = H-k
+    return (n, h, tile, dim), (n, h * r, dim), (n, h * r, dim), (n, probs)
+
+
+@torch.library.custom_op(_OP, mutates_args=())
+def _row_attention(
+    query: Tensor,
+    key: Tensor | None,
+    value: Tensor | None,
+    rpb: Tensor | None,
+    kernel_size: int,
+    scale: float,
+    tile: int,
+    keep: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(out, q, keys, values, probs)``: the output, then what the backward needs besides it
+    (empty unless ``keep``). ``key`` and ``value`` None: ``query`` is the packed qkv,
+    ``(B, H, W, 3, heads, D)``."""
+    if key is None:
+        query, key, value = query.unbind(3)
+    geo = row_geometry(query.shape[1], query.shape[2], kernel_size, tile, query.device)
+    if geo is None:
+        raise ValueError(f"strips of {tile=} columns miss windows of a map {query.shape[2]} wide, "
+                         f"{kernel_size=}; see strided_fits")
+    *saved, rows = _row_forward(query, key, value, rpb, kernel_size, scale, geo, keep)
+    out = _from_query_rows(rows, query.shape)
+    return (out, *saved) if keep else (out, *(query.new_empty(0) for _ in saved))
+
+
+@_row_attention.register_fake
+def _(query, key, value, rpb, kernel_size, scale, tile, keep):
+    shape = query.shape if key is not None else (*query.shape[:3], *query.shape[4:])
+    saved = _saved_shapes(shape, kernel_size, tile) if keep else [(0,)] * 4
+    return (query.new_empty(shape), *(query.new_empty(s) for s in saved))
+
+
+@torch.library.custom_op(_OP + "_backward", mutates_args=())
+def _row_attention_backward(
+    grad_out: Tensor,
+    output: Tensor,
+    q: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    probs: Tensor,
+    rpb: Tensor | None,
+    kernel_size: int,
+    scale: float,
+    tile: int,
+    want_rpb: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(grad_qkv, grad_rpb)``, the first packed ``(B, H, W, 3, heads, D)``; grad_rpb is empty
+    unless ``want_rpb``."""
+    geo = row_geometry(grad_out.shape[1], grad_out.shape[2], kernel_size, tile, grad_out.device)
+    grad_qkv, grad_rpb = _row_backward(
+        grad_out, output, q, keys, values, probs, rpb, kernel_size, scale, geo, want_rpb
+    )
+    return grad_qkv, grad_rpb if want_rpb else grad_qkv.new_empty(0)
+
+
+@_row_attention_backward.register_fake
+def _(grad_out, output, q, keys, values, probs, rpb, kernel_size, scale, tile, want_rpb):
+    b, h, w, heads, dim = grad_out.shape
+    grad_rpb = rpb.new_empty(rpb.shape) if want_rpb else grad_out.new_empty(0)
+    return grad_out.new_empty(b, h, w, 3, heads, dim), grad_rpb
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "na2d's row kernel (backend 'torch' on the CPU) is differentiable once: a double backward "
+        "through it (create_graph=True, then a backward of the gradient) is not supported. "
+        "Use backend='reference' for higher-order gradients."
+    )
+
+
+_row_attention_backward.register_autograd(_no_double_backward)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for each of them
+    ctx.save_for_backward(*output, inputs[3])  # the output, what the forward kept, rpb
+    ctx.packed, ctx.args = inputs[1] is None, inputs[4:7]  # (kernel_size, scale, tile)
+
+
+def _backward(ctx, grad_out, *_):
+    *saved, rpb = ctx.saved_tensors
+    if grad_out is None:  # the output was not used
+        return None, None, None, None, None, None, None, None
+    want_rpb = rpb is not None and ctx.needs_input_grad[3]
+    grad_qkv, grad_rpb = _row_attention_backward(grad_out, *saved, rpb, *ctx.args, want_rpb)
+    grads = (grad_qkv, None, None) if ctx.packed else grad_qkv.unbind(3)
+    return (*grads, grad_rpb if want_rpb else None, None, None, None, None)
+
+
+_row_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tensor:
@@ -282,28 +401,65 @@ def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tens
     return out.transpose(1, 2).reshape(-1, k, k, heads, dim)  # -1, not b: traced exports keep a free batch
 
 
-def _strip_width(width: int) -> int:
-    """The strip width that pads the map least; on ties 14 for maps up to 28 wide, else 8.
+def _strip_width(width: int, kernel_size: int = 7) -> int:
+    """The strip width whose strips hold every window (:func:`.strided_fits`) and pad the map
+    least; on ties 14 for maps up to 28 wide, else 8, then 7, 6, and 9-13 last.
 
     Measured on 2 cores (experiments/bench_choices.py): at 14 and 28 px, 14-wide strips ran as
     fast as 7 in training and ~5% faster in inference (8 pads 28 to 32 and was slowest); at 56 px,
-    8 beat 7 and 14 by ~7-10%.
+    8 beat 7 and 14 by ~7-10%. Maps 9, 43, 50, 51 and 57 wide (144, 200, 228 px inputs) tile with
+    none of 6, 7, 8 and 14; there, and where 9-13 pad less (20 wide: 10, not 7), the least-padding
+    width trained as fast or up to 1.2x faster (k=7, batch 8, one thread) and 1.0-1.6x the tiled kernel.
     """
     prefs = (14, 8, 7, 6) if width <= 28 else (8, 7, 6, 14)
-    return min(prefs, key=lambda t: -(-width // t) * t)
+    best = None
+    for t in prefs + (9, 10, 11, 12, 13):  # a loop, not min(key=...): torch.compile traces this
+        if strided_fits(width, kernel_size, t) and (
+            best is None or -(-width // t) * t < -(-width // best) * best
+        ):
+            best = t
+    return best or prefs[0]  # none fits: the caller takes the tiled kernel
 
 
 def _rows_fastest(query: torch.Tensor) -> bool:
     """The row kernel beats the tiled one for fp32/fp64 on the CPU (experiments/README.md); its
     small bf16 matmuls measured slower there, and on GPUs its per-row launches would dominate.
-    Tracing (ONNX export) and torch.compile get the tiled kernel: one graph, no Python loop."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    Tracing (ONNX export) gets the tiled kernel: one graph, no Python loop. Under torch.compile
+    the row kernel serves every dtype and device, as one opaque op (:func:`_row_attention`): the
+    tiled kernel would run eagerly, and a graph break before a stage's downsampler makes inductor
+    fail on its convolution once the batch is dynamic ("cannot determine truth value of
+    Relational"; torch 2.13, bf16)."""
+    if torch.jit.is_tracing():
         return False
+    if torch.compiler.is_compiling():
+        return True
     return query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
 
 
-def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None, scale: float | None = None,
-               return_weights: bool = False, tile_size: int | None = None, qkv: torch.Tensor | None = None):
+def _tiled(*args, **kwargs):
+    """:func:`.na2d_tiled`, run eagerly under torch.compile (a graph break where it is called):
+    its geometry is built in Python (cached index tensors, ``min`` with a key), which dynamo
+    would re-trace at every call and break on anyway."""
+    if torch.compiler.is_compiling():
+        return _tiled_eager(*args, **kwargs)
+    return na2d_tiled(*args, **kwargs)
+
+
+_tiled_eager = torch.compiler.disable(na2d_tiled)
+
+
+def na2d_torch(
+    query,
+    key,
+    value,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb=None,
+    scale: float | None = None,
+    return_weights: bool = False,
+    tile_size: int | None = None,
+    qkv: torch.Tensor | None = None,
+):
     """The torch backend: the row kernel where it applies and is fastest, :func:`.na2d_tiled` elsewhere.
 
     Same arguments as :func:`nat_lightning.ops.na2d`; ``tile_size`` is the strip width; ``qkv``
@@ -315,7 +471,9 @@ def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None,
     scale = head_dim**-0.5 if scale is None else scale
     d = dilation
     if return_weights or height % d or width % d:
-        return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
+        return _tiled(
+            query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights
+        )
     if d > 1:  # dilation groups as separate images
         if qkv is not None:
             qkv = _fold_groups(qkv, d)
@@ -326,13 +484,10 @@ def na2d_torch(query, key, value, kernel_size: int, dilation: int = 1, rpb=None,
         return _unfold_groups(out, d)
     if height == width == kernel_size:  # every window is the whole map
         return _dense(query, key, value, rpb, kernel_size, scale)
-    geo = row_geometry(height, width, kernel_size, tile_size or _strip_width(width), query.device)
-    if geo is None or not _rows_fastest(query):
-        return na2d_tiled(query, key, value, kernel_size, 1, rpb, scale)
+    tile = tile_size or _strip_width(width, kernel_size)
+    if not strided_fits(width, kernel_size, tile) or not _rows_fastest(query):
+        return _tiled(query, key, value, kernel_size, 1, rpb, scale)
     inputs = (query, key, value) if rpb is None else (query, key, value, rpb)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
-        if qkv is not None:
-            return _RowAttention.apply(qkv, None, None, rpb, kernel_size, scale, geo)
-        return _RowAttention.apply(query, key, value, rpb, kernel_size, scale, geo)
-    out = _row_forward(query, key, value, rpb, kernel_size, scale, geo, keep_probs=False)[-1]
-    return _from_query_rows(out, query.shape)
+    keep = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)  # for the backward
+    packed = (qkv, None, None) if qkv is not None else (query, key, value)
+    return _row_attention(*packed, rpb, kernel_size, scale, tile, keep)[0]

@@ -83,12 +83,19 @@ def axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device: 
     )
 
 
+def strided_fits(length: int, kernel_size: int, tile: int) -> bool:
+    """Whether strided tiles of ``tile`` queries hold every window: each tile, the last one
+    too, must have at least k//2+1 queries, so a clamped border window stays in its region."""
+    half, last = kernel_size // 2, length - (-(-length // tile) - 1) * tile
+    return length >= kernel_size and tile >= half + 1 and last >= half + 1
+
+
 @functools.lru_cache(maxsize=256)
 def strided_tiles(length: int, kernel_size: int, tile: int, device: str) -> AxisTiles | None:
     """Tiles whose key regions are plain strided windows; None where that misses a window."""
     k, half = kernel_size, kernel_size // 2
     n_tiles = math.ceil(length / tile)
-    if length < k or tile < half + 1 or length - (n_tiles - 1) * tile < half + 1:
+    if not strided_fits(length, k, tile):
         return None
     region = tile + k - 1
     queries = torch.arange(n_tiles * tile).clamp(max=length - 1).view(n_tiles, tile)  # pad slots repeat
