@@ -1,0 +1,58 @@
+"""torch.compile: the compiled network equals eager mode, values and gradients, and the real CLI
+trains with ``--model.compile true``. Neighborhood attention is one opaque op in the graph
+(nat_lightning.ops.rows); inductor compiles the rest."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+import torch
+from tests.models.test_nat import relative_error, tiny
+from tests.test_journeys import cli
+
+from nat_lightning import NatForImageClassification
+from nat_lightning.models.nat import NeighborhoodAttention2D
+
+REL = 1e-4  # max |error| / max |expected|, per tensor: fp32, inductor reorders sums
+
+
+def test_compiled_network_matches_eager_values_and_gradients():
+    """One graph (fullgraph: no break), a dynamic batch, rpb and dilation: logits, loss and every
+    parameter's gradient, rpb's included, equal eager mode's."""
+    torch.manual_seed(0)
+    # 64 px: stage 1 is 16x16 (row kernel), stage 2 8x8 with dilation 2 (groups of 4x4, row kernel)
+    eager = NatForImageClassification(tiny(dilations=[[1], [1, 2]], drop_path_rate=0.0))
+    for module in eager.modules():
+        if isinstance(module, NeighborhoodAttention2D):  # zero at init: give the bias values
+            torch.nn.init.normal_(module.rpb, std=0.5)
+    twin = copy.deepcopy(eager)
+    compiled = torch.compile(twin, fullgraph=True)
+    for batch in (3, 2):
+        images, labels = torch.randn(batch, 3, 64, 64), torch.randint(0, 4, (batch,))
+        for t in (images, labels):  # a dynamic batch, as Lightning's shorter last batch makes it
+            torch._dynamo.mark_dynamic(t, 0)
+        results = []
+        for net, run in ((eager, eager), (twin, compiled)):
+            net.zero_grad(set_to_none=True)
+            out = run(images, labels)
+            out.loss.backward()
+            results.append({"logits": out.logits.detach(), "loss": out.loss.detach(),
+                            **{name: p.grad for name, p in net.named_parameters()}})
+        expected, got = results
+        assert any(".rpb" in name for name in got)
+        for name, value in expected.items():
+            assert relative_error(got[name], value) < REL, (batch, name, relative_error(got[name], value))
+
+
+@pytest.mark.slow
+def test_cli_fits_with_compile(tmp_path):
+    """``fit --model.compile true`` on the quickstart config exits 0 and reports val/acc1."""
+    out = cli("fit", "--config", "configs/quickstart.yaml", "--model.compile", "true",
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
+              "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path), timeout=900)
+    logged = [row["val/acc1"] for path in tmp_path.rglob("metrics.csv")
+              for row in csv.DictReader(path.open()) if row.get("val/acc1")]
+    assert "val/acc1" in out or logged, out[-3000:]
+    assert all(0.0 <= float(value) <= 1.0 for value in logged)
