@@ -17,11 +17,12 @@ import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, Image
 from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from .columns import Columns, resolve_columns
 from .digits import DIGITS_PARQUET
 from .images import Collate, ExampleDecoder, ImageExamples, SkipTally
+from .sharding import eval_sampler
 from .sources import (
     Split,
     Splits,
@@ -57,7 +58,9 @@ class HFImageDataModule(L.LightningDataModule):
     training shuffles with a seeded buffer and a new epoch each pass; under DDP
     ``split_dataset_by_node`` divides the ranks, each example is read once per epoch, and every
     rank yields the same number of batches, short ranks padding with ``labels = -100``.
-    Map-style data gets Lightning's DistributedSampler instead.
+    Map-style training data gets Lightning's DistributedSampler; map-style evaluation data (val,
+    test, predict) is divided among the ranks without repeating a row (see
+    nat_lightning.data.sharding), so val/test metrics count every example exactly once.
 
     Preprocessing (``image_size``, ``crop_pct``, ``mean``, ``std``): an argument wins, then the
     ``preprocessor_config`` file, then the defaults the LightningModule offers as its
@@ -346,7 +349,7 @@ class HFImageDataModule(L.LightningDataModule):
             decoder = ExampleDecoder(
                 Columns("image", None, (), None), self._eval_transform(), False
             )
-            return self._map_loader(ImageExamples(rows, decoder, ids=files), shuffle=False)
+            return self._map_loader(ImageExamples(rows, decoder, ids=files), "predict")
         return self._loader("predict")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -360,7 +363,7 @@ class HFImageDataModule(L.LightningDataModule):
 
     def _split(self, role: str) -> Split:
         if role not in self.splits:
-            field = {"val": "val_split", "test": "test_split", "predict": "predict_split"}[role]
+            field = SPLIT_FIELDS[role]
             extra = " or predict_paths" if role == "predict" else ""
             raise ValueError(
                 f"{role} needs data: {field}=None; set {field}{extra} to one of the splits of "
@@ -391,10 +394,10 @@ class HFImageDataModule(L.LightningDataModule):
         decoder = ExampleDecoder(self.columns, transform, random=train)
         if role == "predict":
             if isinstance(split.data, Dataset):
-                return self._map_loader(ImageExamples(split.data, decoder, ids=True), shuffle=False)
+                return self._map_loader(ImageExamples(split.data, decoder, ids=True), role)
             return self._predict_stream(split, decoder)
         if not self.hparams.streaming:
-            return self._map_loader(ImageExamples(split.data, decoder), shuffle=train)
+            return self._map_loader(ImageExamples(split.data, decoder), role)
         hp = self.hparams
         rank, world = self._rank_and_world()
         stream, num_batches = rank_stream(
@@ -424,10 +427,24 @@ class HFImageDataModule(L.LightningDataModule):
         collate = Collate(self.image_size)
         return DataLoader(examples, batch_size=self.hparams.batch_size, collate_fn=collate)
 
-    def _map_loader(self, examples: ImageExamples, shuffle: bool) -> DataLoader:
+    def _map_loader(self, examples: ImageExamples, role: str) -> DataLoader:
+        """Training shuffles (under DDP Lightning puts in its DistributedSampler); evaluation reads
+        this rank's share of the split, no row repeated (nat_lightning.data.sharding)."""
+        train = role == "train"
+        sampler = None if train else self._eval_sampler(examples, role)
+        collate = Collate(self.image_size)
         return DataLoader(
-            examples, shuffle=shuffle, collate_fn=Collate(self.image_size), **self._loader_args()
+            examples, shuffle=train, sampler=sampler, collate_fn=collate, **self._loader_args()
         )
+
+    def _eval_sampler(self, examples: ImageExamples, role: str) -> Sampler | None:
+        """This rank's share of an evaluation split, no row repeated; None on one process."""
+        hp, field = self.hparams, SPLIT_FIELDS[role]
+        if role == "val" and hp.val_split not in self.all_splits:
+            field = "val_fraction"  # held out of train
+        elif role == "predict" and hp.predict_paths is not None:
+            field = "predict_paths"
+        return eval_sampler(examples, *self._rank_and_world(), field, hp[field])
 
     def _loader_args(self) -> dict:
         return {
@@ -444,6 +461,7 @@ class HFImageDataModule(L.LightningDataModule):
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
 
+SPLIT_FIELDS = {"val": "val_split", "test": "test_split", "predict": "predict_split"}
 RANGES = {  # argument -> (is it valid, what is expected)
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
