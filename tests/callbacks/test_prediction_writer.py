@@ -1,6 +1,8 @@
 """PredictionWriter (nat_lightning.callbacks.prediction_writer): one row per input, in input order,
 undecodable images included with their error; CSV and JSON, atomic, mode 0644; a warning that
-names the skipped files; and a real predict run over a folder of good and broken images."""
+names the skipped files; the rows of several ranks merged into one file in input order (the
+collective itself runs in tests/test_ddp_eval.py); and a real predict run over a folder of good
+and broken images."""
 
 import csv
 import io
@@ -15,7 +17,8 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 
-from nat_lightning.callbacks.prediction_writer import PredictionWriter, write_rows
+from nat_lightning.callbacks import prediction_writer
+from nat_lightning.callbacks.prediction_writer import PredictionWriter, merged, write_rows
 from nat_lightning.callbacks.skipped_images import SkippedImagesReport
 from nat_lightning.data import HFImageDataModule
 
@@ -42,10 +45,14 @@ def outputs() -> list[dict]:
     ]
 
 
-def write(tmp_path, output: str, predictions: list[dict]):
-    trainer = SimpleNamespace(default_root_dir=str(tmp_path), world_size=1, global_rank=0)
-    PredictionWriter(output).write_on_epoch_end(trainer, None, predictions, None)
+def write(tmp_path, output: str, predictions: list[dict], batch_indices=None, rank=0, world=1):
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), world_size=world, global_rank=rank)
+    PredictionWriter(output).write_on_epoch_end(trainer, None, predictions, batch_indices)
     return tmp_path / output
+
+
+def ids_of(path) -> list[str]:
+    return [row[0] for row in csv.reader(path.read_text().splitlines())][1:]
 
 
 def test_csv_has_one_row_per_input_with_an_error_column(tmp_path):
@@ -103,6 +110,58 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(KeyError):
         write_rows(path, [{"id": "a"}])  # no labels: fails while writing
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
+
+
+def test_rows_follow_the_dataset_indices_lightning_records(tmp_path):
+    # a loader that read inputs 3, 0, 2 and then 1: written back in input order
+    with pytest.warns(UserWarning, match="could not be decoded"):
+        path = write(tmp_path, "p.csv", outputs(), batch_indices=[[[3, 0, 2], [1]]])
+    assert ids_of(path) == ["b", "d", "c", "a"]
+
+
+def test_integer_ids_order_the_rows_of_a_stream_without_indices(tmp_path):
+    stream = [{**outputs()[0], "ids": [4, 0, 2]}, {**outputs()[1], "ids": [1]}]
+    with pytest.warns(UserWarning, match="could not be decoded"):
+        path = write(tmp_path, "p.csv", stream, batch_indices=[[]])  # Lightning's for a stream
+    assert ids_of(path) == ["0", "1", "2", "4"]
+
+
+def test_the_parts_of_several_ranks_merge_in_input_order_once_each():
+    def part(positions):
+        return [(p, {"id": f"x{p}"}) for p in positions]
+
+    # rank r read inputs r, r + 2, ...; input 2 reached both ranks (e.g. a sampler that repeats)
+    rows = merged([part([0, 2, 4, 6]), part([1, 3, 5, 2])])
+    assert [row["id"] for row in rows] == [f"x{i}" for i in range(7)]
+    unknown = [[(None, {"id": "a"})], [(None, {"id": "b"})]]
+    with pytest.warns(UserWarning, match="rank after rank, not in input order"):
+        assert [row["id"] for row in merged(unknown)] == ["a", "b"]
+
+
+def fake_ranks(monkeypatch, others: list):
+    """all_gather_object as if the other ranks had sent ``others`` (rank 0 is this process)."""
+
+    def all_gather_object(parts, mine):
+        parts[:] = [mine, *others]
+
+    monkeypatch.setattr(prediction_writer.dist, "all_gather_object", all_gather_object)
+
+
+def test_rank_zero_writes_every_ranks_rows_and_the_others_write_nothing(tmp_path, monkeypatch):
+    rank1 = [(1, {"id": "one", "labels": ["x"], "probs": [1.0], "class_ids": [0], "error": None})]
+    fake_ranks(monkeypatch, [(rank1, None)])
+    with pytest.warns(UserWarning, match="2 of 5 input image"):
+        path = write(tmp_path, "p.csv", outputs(), [[[0, 2, 4], [3]]], rank=0, world=2)
+    assert ids_of(path) == ["a", "one", "b", "d", "c"]
+    write(tmp_path / "rank1", "p.csv", outputs(), [[[0, 2, 4], [3]]], rank=1, world=2)
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_a_malformed_output_on_one_rank_stops_every_rank(tmp_path, monkeypatch):
+    fake_ranks(monkeypatch, [([], "ValueError: a predict_step output has 3 ids")])
+    with pytest.raises(ValueError, match="outputs of rank 1 cannot be written: ValueError: a pre"):
+        write(tmp_path, "p.csv", outputs(), [[[0, 1, 2], [3]]], rank=0, world=2)
+    assert not (tmp_path / "p.csv").exists()
 
 
 class ColourProbe(L.LightningModule):

@@ -1,4 +1,13 @@
-"""Write ``predict`` results to CSV or JSON through Lightning's BasePredictionWriter."""
+"""Write ``predict`` results to CSV or JSON through Lightning's BasePredictionWriter.
+
+Under several processes each rank predicts its share of the inputs (HFImageDataModule divides
+them without repeating one). The rows meet in one file: every rank hands its rows, each with its
+input position, to every other in one ``all_gather_object``, and rank 0 writes them sorted by
+position. That is the only collective here; every rank calls it once per predict epoch, from
+``on_predict_epoch_end``, which Lightning runs on every rank in the same callback order. Rows are
+gathered to every rank, not only to rank 0, so that a rank whose output is malformed makes every
+rank raise the same error instead of leaving the others waiting at the next collective.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 
 MAX_NAMED = 10  # undecodable inputs the end-of-run warning names
 
@@ -24,8 +35,12 @@ class PredictionWriter(BasePredictionWriter):
     (None or a string per id; absent: no errors) and, for the ids whose error is None and in
     their order, ``top_ids`` (n, k), ``top_labels`` (n lists of k) and ``top_probs`` (n, k).
 
-    The format follows the suffix of ``output`` (``.csv`` or ``.json``). Under several processes
-    each rank writes ``<stem>.rank<r><suffix>``. Files are written atomically, mode 0644.
+    The rows follow the input order: each row's position is its index in the predict dataset
+    (Lightning records the indices of every batch of a map-style loader), else its id when that
+    is an integer row index (a streamed split); rows without either keep the order they came in,
+    rank after rank. Under several processes every input is written once, by rank 0, into one
+    file. The format follows the suffix of ``output`` (``.csv`` or ``.json``). Files are written
+    atomically, mode 0644.
     """
 
     def __init__(self, output: str = "predictions.csv"):
@@ -38,10 +53,13 @@ class PredictionWriter(BasePredictionWriter):
         self.output = output
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        rows = [row for batch in predictions if batch is not None for row in batch_rows(batch)]
+        if trainer.world_size == 1:
+            rows = merged([positioned_rows(predictions, batch_indices)])
+        else:
+            rows = gathered_rows(trainer, predictions, batch_indices)
+            if trainer.global_rank != 0:
+                return
         path = Path(trainer.default_root_dir) / self.output
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         write_rows(path, rows)
         failed = [row["id"] for row in rows if row["error"] is not None]
         if failed:
@@ -51,6 +69,58 @@ class PredictionWriter(BasePredictionWriter):
                 f"prediction (see the error column of {path}): {failed[:MAX_NAMED]}{more}",
                 stacklevel=1,
             )
+
+
+def gathered_rows(trainer, predictions: list, batch_indices: list | None) -> list[dict]:
+    """Every rank's rows in input order, on every rank; a ValueError on every rank when the
+    outputs of any rank cannot be read."""
+    try:
+        local, error = positioned_rows(predictions, batch_indices), None
+    except Exception as err:  # noqa: BLE001 - raised below, on every rank alike
+        local, error = [], f"{type(err).__name__}: {err}"
+    # the collective: every rank, once per predict epoch (see the module docstring)
+    parts: list = [None] * trainer.world_size
+    dist.all_gather_object(parts, (local, error))
+    failed = [(rank, message) for rank, (_, message) in enumerate(parts) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise ValueError(f"the predict_step outputs of rank {rank} cannot be written: {message}")
+    return merged([part for part, _ in parts])
+
+
+def positioned_rows(predictions: list, batch_indices: list | None) -> list[tuple[int | None, dict]]:
+    """(input position, row) for every row of one process's predict_step outputs.
+
+    ``batch_indices`` is Lightning's: per dataloader, per batch, the dataset indices of its rows
+    (empty where it cannot know them, e.g. for an iterable dataset)."""
+    indices = batch_indices[0] if batch_indices else []
+    rows = []
+    for b, batch in enumerate(predictions):
+        if batch is None:
+            continue
+        known = indices[b] if b < len(indices) and len(indices[b]) == len(batch["ids"]) else None
+        for j, row in enumerate(batch_rows(batch)):
+            position = known[j] if known is not None else batch["ids"][j]
+            rows.append((position if isinstance(position, int) else None, row))
+    return rows
+
+
+def merged(parts: list[list[tuple[int | None, dict]]]) -> list[dict]:
+    """The rows of every rank's part, sorted by input position when every row has one (an input
+    that several ranks predicted is written once); otherwise in the order given, with a warning
+    when there are several parts."""
+    rows = [item for part in parts for item in part]
+    if any(position is None for position, _ in rows):
+        if len(parts) > 1:
+            rank_zero_warn(
+                "some predictions have no input position (neither a dataset index nor an "
+                "integer id): the rows are written rank after rank, not in input order"
+            )
+        return [row for _, row in rows]
+    unique = {}
+    for position, row in rows:
+        unique.setdefault(position, row)
+    return [unique[position] for position in sorted(unique)]
 
 
 def batch_rows(batch: dict) -> list[dict]:
