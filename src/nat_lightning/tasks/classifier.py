@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
@@ -146,7 +147,8 @@ class NatClassifier(L.LightningModule):
 
     def _stage_metrics(self) -> torch.nn.ModuleDict:
         n = self.num_classes
-        metrics = {"acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_INDEX)}
+        metrics = {"loss": MeanMetric(),
+                   "acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_INDEX)}
         if n >= 5:
             metrics["acc5"] = MulticlassAccuracy(
                 n, top_k=5, average="micro", ignore_index=IGNORE_INDEX
@@ -246,16 +248,24 @@ class NatClassifier(L.LightningModule):
         self._evaluate("test", batch)
 
     def _evaluate(self, stage: str, batch) -> None:
+        """Logs the same metrics on every rank and batch, a batch of undecodable images
+        included, so that every rank computes, and gathers, the same metrics at the epoch's end."""
         labels = batch["labels"]
-        if len(labels) == 0:  # every image undecodable: nothing to score
-            return
-        logits = self(batch["pixel_values"])
-        self.log(f"{stage}/loss", self._cross_entropy(logits, labels), prog_bar=stage == "val",
-                 batch_size=len(labels), sync_dist=True)
-        for name, metric in getattr(self, f"{stage}_metrics").items():
-            metric.update(logits, labels)
+        if len(labels):
+            logits = self(batch["pixel_values"])
+        else:
+            logits = torch.zeros(0, self.num_classes, device=labels.device)
+        labelled = (labels != IGNORE_INDEX).sum()
+        metrics = getattr(self, f"{stage}_metrics")
+        # the loss is a mean over labelled examples of all ranks, weighted exactly (a mean of the
+        # ranks' means is not, with uneven ranks or padding rows)
+        metrics["loss"].update(self._cross_entropy(logits, labels), weight=labelled)
+        for name, metric in metrics.items():
+            if name != "loss" and len(labels):  # torchmetrics cannot take an empty update
+                metric.update(logits, labels)
             if name != "per_class":
-                self.log(f"{stage}/{name}", metric, prog_bar=name == "acc1", batch_size=len(labels))
+                self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name in ("loss", "acc1"),
+                         batch_size=len(labels))
 
     def on_validation_epoch_end(self):
         self._log_per_class("val")
@@ -266,7 +276,7 @@ class NatClassifier(L.LightningModule):
     def _log_per_class(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
         metric = metrics["per_class"] if "per_class" in metrics else None
-        if metric is None or metric.update_count == 0:
+        if metric is None:  # every rank updated it (_evaluate): compute() gathers on all of them
             return
         for name, acc in metric.compute().items():  # compute() gathers every rank's counts
             self.log(f"{stage}/{name}", acc, sync_dist=True, reduce_fx="max")  # equal on all ranks
