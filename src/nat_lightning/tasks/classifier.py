@@ -3,6 +3,15 @@
 It holds the network, the loss, the metrics and the optimizer set-up; data, paths and batch
 sizes belong to the DataModule. Without ``num_classes`` the classes are the attached
 datamodule's; with no data at all it trains on the embedded digits dataset.
+
+Where the project communicates under DDP (every call is made by every rank, in the same order):
+DDP's gradient all-reduce; the val/test metrics, gathered when Lightning computes them at the
+epoch's end on every rank (each rank logs all of them on every batch, empty ones included), and
+the per-class accuracy computed in ``on_*_epoch_end``; SkippedImagesReport's one all-reduce per
+stage (its broadcasts only past the limit, a decision taken on the reduced counts);
+ModelCheckpoint's broadcast and save barrier; PredictionWriter's one all_gather_object. Nothing
+that only rank 0 runs communicates: train/acc1, which the rank-0 progress bar computes at the
+epoch's end, is each rank's own (``sync_on_compute=False``).
 """
 
 from __future__ import annotations
