@@ -1,6 +1,6 @@
 """Export a trained NatClassifier checkpoint: transformers-layout folder, ONNX, or the Hub.
 
-    nat-lightning export --ckpt_path runs/quickstart/checkpoints/last.ckpt --output exported/digits
+    nat-lightning export --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --output exported/digits
     nat-lightning export --ckpt_path ... --output model.onnx --format onnx
     nat-lightning export --ckpt_path ... --output exported/digits --push_to_hub me/nat-digits
 
