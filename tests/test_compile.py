@@ -18,6 +18,7 @@ from nat_lightning.models.nat import NeighborhoodAttention2D
 REL = 1e-4  # max |error| / max |expected|, per tensor: fp32, inductor reorders sums
 
 
+@pytest.mark.slow  # about a minute of compilation on 2 cores
 def test_compiled_network_matches_eager_values_and_gradients():
     """One graph (fullgraph: no break), a dynamic batch, rpb and dilation: logits, loss and every
     parameter's gradient, rpb's included, equal eager mode's."""
