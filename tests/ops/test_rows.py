@@ -175,7 +175,7 @@ def test_widths_no_measured_strip_tiles_take_the_row_kernel(width, monkeypatch):
     14-wide strips; _strip_width picks one that fits, and the row kernel (not the tiled
     fallback) serves them, exactly."""
     assert strided_fits(width, 7, _strip_width(width, 7))
-    monkeypatch.setattr(rows_module, "_tiled", None)  # would raise if the fallback were taken
+    monkeypatch.setattr(rows_module, "na2d_tiled", None)  # would raise if the fallback were taken
     torch.manual_seed(0)
     inputs = _inputs(9, width, 7, batch=1, heads=2, head_dim=4)
     got = _forward_and_grads(na2d_torch, inputs, 7, 1)
@@ -215,10 +215,11 @@ def test_custom_op_registrations_agree():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_op_matches_reference(dtype):
-    """Under torch.compile na2d_qkv is one graph (fullgraph: no break, so the tiled kernel, which
-    runs eagerly there, is not taken; bf16 too), forward and backward, rpb and dilation, with a
-    dynamic batch; and inference (no_grad)."""
+def test_compiled_op_matches_reference(dtype, monkeypatch):
+    """Under torch.compile na2d_qkv is one graph (fullgraph: no break) around the row kernel's
+    op, bf16 included, forward and backward, rpb and dilation, with a dynamic batch; and
+    inference (no_grad)."""
+    monkeypatch.setattr(rows_module, "na2d_tiled", None)  # would raise if the fallback were taken
     torch.manual_seed(0)
 
     def attend(qkv, rpb):

@@ -426,26 +426,13 @@ def _rows_fastest(query: torch.Tensor) -> bool:
     small bf16 matmuls measured slower there, and on GPUs its per-row launches would dominate.
     Tracing (ONNX export) gets the tiled kernel: one graph, no Python loop. Under torch.compile
     the row kernel serves every dtype and device, as one opaque op (:func:`_row_attention`): the
-    tiled kernel would run eagerly, and a graph break before a stage's downsampler makes inductor
-    fail on its convolution once the batch is dynamic ("cannot determine truth value of
-    Relational"; torch 2.13, bf16)."""
+    tiled kernel is traced whole into the graph there (attention weights, dilations that do not
+    divide the map), which compiles slowly (its index geometry is rebuilt in the trace)."""
     if torch.jit.is_tracing():
         return False
     if torch.compiler.is_compiling():
         return True
     return query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
-
-
-def _tiled(*args, **kwargs):
-    """:func:`.na2d_tiled`, run eagerly under torch.compile (a graph break where it is called):
-    its geometry is built in Python (cached index tensors, ``min`` with a key), which dynamo
-    would re-trace at every call and break on anyway."""
-    if torch.compiler.is_compiling():
-        return _tiled_eager(*args, **kwargs)
-    return na2d_tiled(*args, **kwargs)
-
-
-_tiled_eager = torch.compiler.disable(na2d_tiled)
 
 
 def na2d_torch(
@@ -471,7 +458,7 @@ def na2d_torch(
     scale = head_dim**-0.5 if scale is None else scale
     d = dilation
     if return_weights or height % d or width % d:
-        return _tiled(
+        return na2d_tiled(
             query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights
         )
     if d > 1:  # dilation groups as separate images
@@ -486,7 +473,7 @@ def na2d_torch(
         return _dense(query, key, value, rpb, kernel_size, scale)
     tile = tile_size or _strip_width(width, kernel_size)
     if not strided_fits(width, kernel_size, tile) or not _rows_fastest(query):
-        return _tiled(query, key, value, kernel_size, 1, rpb, scale)
+        return na2d_tiled(query, key, value, kernel_size, 1, rpb, scale)
     inputs = (query, key, value) if rpb is None else (query, key, value, rpb)
     keep = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)  # for the backward
     packed = (qkv, None, None) if qkv is not None else (query, key, value)

@@ -112,7 +112,11 @@ def strided_tiles(length: int, kernel_size: int, tile: int, device: str) -> Axis
 
 def _auto_tile(length: int, dilation: int) -> int:
     group_len = -(-length // dilation)
-    return min((7, 8, 6), key=lambda t: -(-group_len // t) * t)
+    best = 7
+    for t in (8, 6):  # a loop, not min(key=...), which torch.compile cannot trace
+        if -(-group_len // t) * t < -(-group_len // best) * best:
+            best = t
+    return best
 
 
 def _fold_groups(x: torch.Tensor, d: int) -> torch.Tensor:
