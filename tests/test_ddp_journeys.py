@@ -37,7 +37,7 @@ class SigtermAt(L.Callback):
 
 def test_sigterm_stops_every_rank_writes_on_exception_once_and_resumes(tmp_path):
     out = cli("fit", *QUICK, *DDP, "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.callbacks+=tests.test_ddp_journeys.SigtermAt", timeout=180, expect=143)
+              "--trainer.callbacks+=tests.test_ddp_journeys.SigtermAt", timeout=300, expect=143)
     folder = tmp_path / "version_0" / "checkpoints"
     stopped = load(folder / "on_exception.ckpt")
     assert stopped["epoch"] == 1 and 3 <= stopped["global_step"] <= 5, out[-3000:]

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from . import runs
 from .callbacks.checkpoints import AtomicCheckpointIO, ExceptionCheckpoint, LastCheckpoint
 from .callbacks.prediction_writer import PredictionWriter
+from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
 from .data import HFImageDataModule
 from .tasks import NatClassifier
@@ -169,7 +170,7 @@ class NatLightningCLI(LightningCLI):
             self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys
         ]
         if self.subcommand == "fit":
-            callbacks.append(ExceptionCheckpoint(str(self._run / "checkpoints")))
+            callbacks += [ExceptionCheckpoint(str(self._run / "checkpoints")), StopAllRanksOnSigterm()]
         else:
             extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
             config["enable_checkpointing"] = False
@@ -212,8 +213,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: process-wide settings live here, not at import time."""
     args = sys.argv[1:] if argv is None else argv
     torch.set_float32_matmul_precision("high")
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _StopOnSigterm())
+    try:
+        _run(argv, args)
+    finally:  # called in-process (tests, notebooks): leave the caller's handler as it was
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None, args: list[str]) -> None:
     # LightningModule.configure_model only resolves the classes from the data (no sharding), and
     # EMAWeightAveraging calls it early on purpose: its warning about sharding does not apply
     warnings.filterwarnings("ignore", message=".*WeightAveraging doesn't support sharding.*")

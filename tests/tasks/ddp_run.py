@@ -12,6 +12,7 @@ every parameter's optimizer group (weight decay, LR scale) and the shape it had 
 import importlib
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -116,6 +117,9 @@ def config_fsdp_strategy() -> CpuFSDPStrategy:
     for path in args.pop("auto_wrap_policy"):
         module, name = path.rsplit(".", 1)
         policy.add(getattr(importlib.import_module(module), name))
+    if "timeout" in args:  # "H:MM:SS", as the CLI (jsonargparse) reads it into a timedelta
+        hours, minutes, seconds = (int(part) for part in args["timeout"].split(":"))
+        args["timeout"] = timedelta(hours=hours, minutes=minutes, seconds=seconds)
     return CpuFSDPStrategy(auto_wrap_policy=policy, **args)
 
 
