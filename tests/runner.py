@@ -18,25 +18,35 @@ QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches",
          "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "2"]
 
 
-def cli(*args: str, timeout: float = 240, expect: int = 0, signal_after: float | None = None) -> str:
-    """Run the CLI; its output. Fails on another exit code or after ``timeout`` seconds."""
-    proc = subprocess.Popen([sys.executable, "-m", "nat_lightning", *args], cwd=REPO, text=True,
+def run_module(module: str, *args: str, timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """``python -m module *args`` in the repository, in a session of its own: its exit status and
+    output. Past ``timeout`` seconds its whole process group (DDP ranks, data workers) is killed
+    and the test fails."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        if signal_after is not None:  # e.g. SIGTERM a running fit, as a cluster's scheduler does
-            try:
-                out, _ = proc.communicate(timeout=signal_after)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        out = ""
-        pytest.fail(f"timed out after {timeout} s: {args}")
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {module} {args}:\n{out[-3000:]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}) for {args}:\n{out[-6000:]}"
+    return proc.returncode, out
+
+
+def offline_env(folder: Path) -> dict:
+    """No Hub access; a datasets cache of the test's own; the repository importable."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0",
+            "HF_DATASETS_CACHE": str(folder / "hf_cache"), "PYTHONPATH": str(REPO)}
+
+
+def cli(*args: str, timeout: float = 240, expect: int = 0) -> str:
+    """Run the CLI; its output. Fails on another exit code or after ``timeout`` seconds."""
+    returncode, out = run_module("nat_lightning", *args, timeout=timeout)
+    assert returncode == expect, f"exit {returncode} (expected {expect}) for {args}:\n{out[-6000:]}"
     return out
 
 

@@ -3,46 +3,21 @@ trained on exactly once per epoch across ranks and workers, every rank runs the 
 steps, and nothing hangs (a hang fails the test after a timeout)."""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from tests.runner import offline_env, run_module
 
 from .ddp_run import BROKEN, TRAIN, VAL
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
 
 
 def run_ddp(tmp_path, *args: str) -> tuple[int, str]:
     """``python -m tests.data.ddp_run tmp_path *args``: its exit status and output; a failure
     when it runs past TIMEOUT_S (a hang)."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_UPDATE_DOWNLOAD_COUNTS": "0",
-        "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"),
-        "PYTHONPATH": str(ROOT),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.data.ddp_run", str(tmp_path), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the ranks and their workers too
-        output, _ = process.communicate()
-        pytest.fail(f"DDP run hung for {TIMEOUT_S} s:\n{output.decode()[-3000:]}")
-    return process.returncode, output.decode()
+    return run_module("tests.data.ddp_run", str(tmp_path), *args, timeout=TIMEOUT_S,
+                      env=offline_env(tmp_path))
 
 
 @pytest.mark.slow

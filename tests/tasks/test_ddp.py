@@ -3,15 +3,13 @@ frozen then thawed under DDP, and FSDP's weight-decay groups on sharded paramete
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from tests.runner import offline_env, run_module
 
 from nat_lightning import NatConfig, NatForImageClassification
 from nat_lightning.tasks import NatClassifier
@@ -63,33 +61,14 @@ def test_ddp_fit_syncs_validation_metrics_across_ranks(tmp_path):
 
 # -- two real processes: freeze and thaw under DDP, FSDP's optimizer groups -----------------------
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 300  # a run takes ~45 s on a busy 2-core machine; a hang fails the test
 
 
 def run_two_processes(out: Path, mode: str) -> None:
     """``python -m tests.tasks.ddp_run out mode`` under a hard timeout that kills both ranks."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(out / "hf_cache"),
-        "PYTHONPATH": str(ROOT),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.tasks.ddp_run", str(out), mode],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{mode} run hung for {RUN_TIMEOUT_S} s:\n{output.decode()[-3000:]}")
-    assert process.returncode == 0, output.decode()[-3000:]
+    returncode, output = run_module("tests.tasks.ddp_run", str(out), mode, timeout=RUN_TIMEOUT_S,
+                                    env=offline_env(out))
+    assert returncode == 0, output[-3000:]
 
 
 def snapshot(out: Path, rank: int, tag: str) -> dict:
