@@ -32,8 +32,10 @@ class StopAllRanksOnSigterm(Callback):
         signal.signal(signal.SIGTERM, note)  # Lightning restores its saved handlers at teardown
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pending = torch.tensor([float(self.pending)], device=pl_module.device)
-        if trainer.world_size > 1 and dist.is_initialized():
-            dist.all_reduce(pending, op=dist.ReduceOp.MAX)  # every rank, every batch
-        if pending.item():
+        pending = self.pending
+        if trainer.world_size > 1 and dist.is_initialized():  # one process needs no tensor
+            flag = torch.tensor([float(pending)], device=pl_module.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank, every batch
+            pending = bool(flag.item())
+        if pending:
             trainer._signal_connector.received_sigterm = True  # Lightning raises after this batch
