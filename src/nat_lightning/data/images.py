@@ -140,7 +140,6 @@ class Collate:
 
     def __call__(self, items: list[dict | Undecodable]) -> dict[str, Any]:
         kept = [item for item in items if not isinstance(item, Undecodable)]
-        skipped = [item for item in items if isinstance(item, Undecodable)]
         if kept:
             pixels = torch.stack([torch.as_tensor(item["pixel_values"]) for item in kept])
         else:
@@ -148,16 +147,34 @@ class Collate:
         batch = {
             "pixel_values": pixels.float(),
             "labels": torch.tensor([item["labels"] for item in kept], dtype=torch.int64),
-            "num_examples": len(items),
-            "num_skipped": len(skipped),
-            "skipped_names": [item.name for item in skipped if item.name is not None],
         }
-        if any("ids" in item for item in kept) or any(item.id is not None for item in skipped):
-            batch["ids"] = [
-                item.id if isinstance(item, Undecodable) else item["ids"] for item in items
-            ]
-            batch["decoded"] = [not isinstance(item, Undecodable) for item in items]
-        return batch
+        return {**batch, **bookkeeping(items)}
+
+    def padding(self, last: dict | None, batch_size: int) -> dict[str, Any]:
+        """A batch that counts no example: ``last``'s pixels (zeros of ``batch_size`` images when
+        None), every label IGNORE_INDEX."""
+        if last is None:  # this rank saw no image at all
+            pixels = torch.zeros(batch_size, 3, self.image_size, self.image_size)
+        else:
+            pixels = last["pixel_values"]
+        labels = torch.full((len(pixels),), IGNORE_INDEX, dtype=torch.int64)
+        return {"pixel_values": pixels, "labels": labels, **bookkeeping([])}
+
+
+def bookkeeping(items: list[dict | Undecodable]) -> dict[str, Any]:
+    """What a batch says about its examples besides their tensors: ``num_examples``,
+    ``num_skipped``, ``skipped_names``, and, when they carry ids, ``ids`` and ``decoded``."""
+    skipped = [item for item in items if isinstance(item, Undecodable)]
+    out = {
+        "num_examples": len(items),
+        "num_skipped": len(skipped),
+        "skipped_names": [item.name for item in skipped if item.name is not None],
+    }
+    kept = [item for item in items if not isinstance(item, Undecodable)]
+    if any("ids" in item for item in kept) or any(item.id is not None for item in skipped):
+        out["ids"] = [item.id if isinstance(item, Undecodable) else item["ids"] for item in items]
+        out["decoded"] = [not isinstance(item, Undecodable) for item in items]
+    return out
 
 
 @dataclass

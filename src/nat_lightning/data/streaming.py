@@ -13,8 +13,8 @@ Why every example is read exactly once per epoch, and why no rank hangs:
 2. Equal length. Under DDP every rank must run as many steps as the others, or one waits forever
    in the gradient all-reduce. Each rank's loader yields exactly ``num_batches``: an upper bound,
    computed from the split's size, on the real batches of any rank. After its real batches a rank
-   yields padding batches, copies of its last batch with every label set to -100 (IGNORE_INDEX),
-   which the classifier's loss and metrics ignore. Padding costs at most about K batches per epoch.
+   yields padding batches, copies of its last batch with every label ignored (the collate
+   function's ``padding``: -100 for classes, 255 for masks), which the losses and metrics skip. Padding costs at most about K batches per epoch.
 3. Epochs. The loader sets the dataset's epoch before each pass; HF keeps it in shared memory, so
    persistent workers see it and reshuffle.
 """
@@ -30,7 +30,7 @@ from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
-from .images import IGNORE_INDEX, Collate, ExampleDecoder, Undecodable
+from .images import Collate, ExampleDecoder, Undecodable
 from .sources import Split
 
 SHARDS_PER_WORKER = 8  # more shards mix a class-sorted dataset better; padding grows with them
@@ -170,18 +170,4 @@ class EvenLoader(DataLoader):
             last = batch if len(batch["labels"]) else last
             yield batch
         for _ in range(count, self.num_batches or 0):
-            yield self._padding(last)
-
-    def _padding(self, last: dict | None) -> dict:
-        if last is None:  # this rank saw no image at all
-            side = self.collate_fn.image_size
-            pixels = torch.zeros(self.batch_size, 3, side, side)
-        else:
-            pixels = last["pixel_values"]
-        return {
-            "pixel_values": pixels,
-            "labels": torch.full((len(pixels),), IGNORE_INDEX, dtype=torch.int64),
-            "num_examples": 0,  # no example of the split: not counted as seen
-            "num_skipped": 0,
-            "skipped_names": [],
-        }
+            yield self.collate_fn.padding(last, self.batch_size)
