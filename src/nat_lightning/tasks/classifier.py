@@ -1,7 +1,9 @@
 """NatClassifier: image classification with NAT/DiNAT as a LightningModule.
 
 It holds the network, the loss, the metrics and the optimizer set-up; data, paths and batch
-sizes belong to the DataModule. Without ``num_classes`` the classes are the attached
+sizes belong to the DataModule. What it shares with NatSegmenter (classes from the data,
+preprocessing, optimiser groups, the schedule's sizing, finetuning, EMA, the default data) is in
+``tasks.base.NatTask``. Without ``num_classes`` the classes are the attached
 datamodule's; with no data at all it trains on the embedded digits dataset.
 
 Where the project communicates under DDP (every call is made by every rank, in the same order):
@@ -19,23 +21,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import measure_flops
-from lightning.pytorch.callbacks import EMAWeightAveraging
-from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from ..callbacks.finetuning import BackboneFreeze
-from ..callbacks.rng_state import RNGState
-from ..callbacks.skipped_images import SkippedImagesReport
 from ..models import NatConfig, NatForImageClassification
+from .base import NatTask
 from .mixup import MixupCutmix
 from .network import build_network, pretrained_preprocessing, with_classes
-from .optim import param_groups, schedule_length, warmup_cosine
+from .optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ IGNORE_INDEX = -100  # labels of padding examples (e.g. streaming DDP); no loss,
 PER_CLASS_LIMIT = 100  # per-class accuracy is logged by default up to this many classes
 
 
-class NatClassifier(L.LightningModule):
+class NatClassifier(NatTask):
     def __init__(
         self,
         model: str | NatConfig | dict[str, Any] | None = None,
@@ -119,9 +116,7 @@ class NatClassifier(L.LightningModule):
         self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
         self._classes_from_data = num_classes is None and id2label is None
         self._use_network(self.network)
-        self._fallback_data = None
-        self._resumed_schedule: tuple[int, int] | None = None
-        self.schedule: tuple[int, int] | None = None  # (warmup, total) steps of the current fit
+        self._init_task()
         self.flops_per_batch: int | None = None
 
     def _use_network(self, network: NatForImageClassification) -> None:
@@ -149,15 +144,22 @@ class NatClassifier(L.LightningModule):
         # train/acc1 is this rank's running accuracy: computing it needs no collective, and
         # rank-0-only readers (the progress bar at the epoch's end) do compute it. val/test
         # metrics are exact over all ranks (computed where every rank computes them).
-        train_acc1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro",
-                                        ignore_index=IGNORE_INDEX, sync_on_compute=False)
+        train_acc1 = MulticlassAccuracy(
+            self.num_classes,
+            top_k=1,
+            average="micro",
+            ignore_index=IGNORE_INDEX,
+            sync_on_compute=False,
+        )
         self.train_metrics = torch.nn.ModuleDict({"acc1": train_acc1})
         self.val_metrics, self.test_metrics = (self._stage_metrics() for _ in range(2))
 
     def _stage_metrics(self) -> torch.nn.ModuleDict:
         n = self.num_classes
-        metrics = {"loss": MeanMetric(),
-                   "acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_INDEX)}
+        metrics = {
+            "loss": MeanMetric(),
+            "acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_INDEX),
+        }
         if n >= 5:
             metrics["acc5"] = MulticlassAccuracy(
                 n, top_k=5, average="micro", ignore_index=IGNORE_INDEX
@@ -182,46 +184,14 @@ class NatClassifier(L.LightningModule):
 
     # -- the classes and preprocessing of the attached data ------------------------------------
 
-    def configure_model(self) -> None:
-        """Take the datamodule's classes when none were given; check them when they were.
+    def _adopt_classes(self, id2label: dict[int, str]) -> None:
+        self._use_network(with_classes(self.network, id2label))
 
-        Runs after the datamodule's ``setup`` and before a checkpoint is restored (EMA calls it
-        earlier, from its own ``setup``); idempotent. ``load_from_checkpoint`` calls it with no
-        trainer: the checkpoint's classes are the model's then.
-        """
-        if self._trainer is None:
-            return
-        data = self.trainer.datamodule
-        stage = self.trainer.state.fn
-        if data is not None and hasattr(data, "id2label") and stage != "predict":
-            names = {int(k): str(v) for k, v in data.id2label.items()}
-            if self._classes_from_data:
-                if names != self.id2label:
-                    self._use_network(with_classes(self.network, names))
-                self._classes_from_data = False
-            else:
-                check_classes(self.id2label, names, stage)
-            self._record_preprocessing(data)
-        elif self._classes_from_data and stage == "fit" and not self._uses_fallback_data():
-            rank_zero_warn(
-                f"no num_classes and no datamodule to take them from: the head has "
-                f"{self.num_classes} classes; pass num_classes= (and id2label=)"
-            )
+    def _configure_network(self, data) -> None:
         if getattr(data, "image_size", None) and not self.hparams.compile:
             # the model summary counts FLOPs on it; a batch-shaped dict passes the data's hooks
             size = data.image_size
             self.example_input_array = {"pixel_values": torch.zeros(1, 3, size, size)}
-        if self.hparams.compile and not getattr(self.network, "_compiled_call_impl", None):
-            self.network.compile()
-
-    def _record_preprocessing(self, data) -> None:
-        keys = ("image_size", "crop_pct", "mean", "std")
-        if all(getattr(data, k, None) is not None for k in keys):
-            self.preprocessing = {
-                k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in ((k, getattr(data, k)) for k in keys)
-            }
-            self.hparams["preprocessing"] = self.preprocessing
 
     def on_train_batch_start(self, batch, batch_idx):
         if self.flops_per_batch is None and len(
@@ -233,10 +203,8 @@ class NatClassifier(L.LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def training_step(self, batch, batch_idx):
+    def _training_loss(self, batch):
         images, labels = batch["pixel_values"], batch["labels"]
-        if len(images) == 0:  # every image of the batch was undecodable: skipped (and counted)
-            return None
         if self.mixup.active:  # padding rows (IGNORE_INDEX) have all-zero targets: no loss
             images, targets = self.mixup(images, labels)
             logits = self(images)
@@ -247,14 +215,14 @@ class NatClassifier(L.LightningModule):
             loss = self._cross_entropy(logits, labels, self.hparams.label_smoothing)
         self.train_metrics["acc1"](logits, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        self.log("train/acc1", self.train_metrics["acc1"], on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log(
+            "train/acc1",
+            self.train_metrics["acc1"],
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(labels),
+        )
         return loss
-
-    def validation_step(self, batch, batch_idx):
-        self._evaluate("val", batch)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate("test", batch)
 
     def _evaluate(self, stage: str, batch) -> None:
         """Logs the same metrics on every rank and batch, a batch of undecodable images
@@ -273,18 +241,16 @@ class NatClassifier(L.LightningModule):
             if name != "loss" and len(labels):  # torchmetrics cannot take an empty update
                 metric.update(logits, labels)
             if name != "per_class":
-                self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name in ("loss", "acc1"),
-                         batch_size=len(labels))
+                self.log(
+                    f"{stage}/{name}",
+                    metric,
+                    prog_bar=stage == "val" and name in ("loss", "acc1"),
+                    batch_size=len(labels),
+                )
 
-    def on_validation_epoch_end(self):
-        self._log_per_class("val")
-
-    def on_test_epoch_end(self):
-        self._log_per_class("test")
-
-    def _log_per_class(self, stage: str) -> None:
+    def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
-        metric = metrics["per_class"] if "per_class" in metrics else None
+        metric = metrics["per_class"] if "per_class" in metrics else None  # noqa: SIM401 (ModuleDict has no get)
         if metric is None:  # every rank updated it (_evaluate): compute() gathers on all of them
             return
         for name, acc in metric.compute().items():  # compute() gathers every rank's counts
@@ -325,116 +291,24 @@ class NatClassifier(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
 
-    def configure_optimizers(self):
+    def _param_groups(self) -> list[dict]:
         hp = self.hparams
-        groups = param_groups(self.network, hp.weight_decay, self.network.config.depths, hp.layer_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        self.schedule = self._sized_schedule(
-            schedule_length(self.trainer, hp.warmup_epochs, hp.warmup_steps)
+        return param_groups(
+            self.network, hp.weight_decay, self.network.config.depths, hp.layer_decay
         )
-        scheduler = warmup_cosine(optimizer, *self.schedule, hp.min_lr / hp.lr)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
-    def _sized_schedule(self, wanted: tuple[int, int]) -> tuple[int, int]:
-        """A resumed run keeps the schedule it was sized for unless rescale_schedule is set."""
-        old = self._resumed_schedule
-        if old is None or old == wanted:
-            return wanted
-        sizes = f"warmup {old[0]} / total {old[1]} steps, this fit's length gives {wanted[0]} / {wanted[1]}"
-        if self.hparams.rescale_schedule:
-            rank_zero_warn(
-                f"resumed run: re-sizing its LR schedule ({sizes}; rescale_schedule=True)"
-            )
-            return wanted
-        rank_zero_warn(
-            f"resumed run: keeping the LR schedule it was sized for ({sizes}); past its end "
-            "the LR stays at min_lr. Pass --model.rescale_schedule true to re-size it"
+    def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
+        return warmup_cosine(
+            optimizer, warmup_steps, total_steps, self.hparams.min_lr / self.hparams.lr
         )
-        return old
-
-    def configure_callbacks(self):
-        # undecodable-image reports; RNG state in checkpoints for exact resumes
-        callbacks = [SkippedImagesReport(), RNGState()]
-        if self.hparams.finetune != "full":
-            thaw = None if self.hparams.finetune == "linear_probe" else self.hparams.unfreeze_at_epoch
-            callbacks.append(BackboneFreeze(unfreeze_at_epoch=thaw))
-        if self.hparams.ema_decay is not None:
-            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
-        return callbacks
-
-    # -- checkpoints and export ----------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.schedule is not None:
-            checkpoint["lr_schedule"] = {
-                "warmup_steps": self.schedule[0],
-                "total_steps": self.schedule[1],
-            }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        head = checkpoint.get("state_dict", {}).get("network.head.weight")
-        if head is not None and head.shape[0] != self.num_classes:
-            raise ValueError(
-                f"the checkpoint's head has {head.shape[0]} classes but this model has "
-                f"num_classes={self.num_classes}; to evaluate it, leave num_classes/id2label unset "
-                "(they come from the checkpoint); to fine-tune it on other labels, export it "
-                "(nat-lightning export) and pass the folder as pretrained="
-            )
-        schedule = checkpoint.get("lr_schedule")
-        if schedule is not None:
-            self._resumed_schedule = (schedule["warmup_steps"], schedule["total_steps"])
-
-    def save_pretrained(self, directory) -> None:
-        """Write the network in transformers' layout (config.json + model.safetensors)."""
-        self.network.save_pretrained(directory)
 
     # -- the embedded default data, used only when no data at all is given --------------------
 
-    def _uses_fallback_data(self) -> bool:
-        """True when fit/validate got neither dataloaders nor a datamodule: Lightning then asks
-        the module itself for its training data."""
-        source = getattr(getattr(self.trainer.fit_loop, "_data_source", None), "instance", self)
-        return source is self
+    def _default_datamodule(self):
+        """The embedded digits, when fit gets no data at all."""
+        from ..data.digits import quickstart_datamodule
 
-    def _default_data(self):
-        if self._fallback_data is None:
-            from ..data.digits import quickstart_datamodule
-
-            self._fallback_data = quickstart_datamodule()
-            self._fallback_data.setup("fit")
-        return self._fallback_data
-
-    def train_dataloader(self):
-        return self._default_data().train_dataloader()
-
-    def val_dataloader(self):
-        # fit(model, train_dataloaders=x) without validation data validates on nothing
-        return self._default_data().val_dataloader() if self._uses_fallback_data() else []
-
-
-def check_classes(model: dict[int, str], data: dict[int, str], stage: str) -> None:
-    """The head's classes against the data's: a different count is an error, other names a warning."""
-    if len(model) != len(data):
-        fix = (
-            (
-                "evaluate on the dataset it was trained on (its checkpoint names it; --data.dataset "
-                "overrides it) or on one with the same labels"
-            )
-            if stage != "fit"
-            else ("leave num_classes/id2label unset to take the data's classes")
-        )
-        raise ValueError(
-            f"the model's head has {len(model)} classes but the data has {len(data)} "
-            f"({list(data.values())[:10]}{'...' if len(data) > 10 else ''}): {fix}"
-        )
-    if model != data:
-        rank_zero_warn(
-            f"the model's class names {list(model.values())[:10]} differ from the data's "
-            f"{list(data.values())[:10]}: class ids are compared as they are"
-        )
+        return quickstart_datamodule()
 
 
 def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:

@@ -1,4 +1,5 @@
-"""Optimizer parameter groups and the warmup-cosine schedule used by the paper's recipes."""
+"""Optimizer parameter groups and the LR schedules of the papers' recipes: warmup then cosine
+(classification), warmup then poly (segmentation)."""
 
 from __future__ import annotations
 
@@ -56,23 +57,30 @@ def layer_id(name: str, depths: list[int]) -> int:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, depths: list[int], layer_decay: float | None = None
+    model: nn.Module,
+    weight_decay: float,
+    depths: list[int],
+    layer_decay: float | None = None,
+    lr_mults: dict[str, float] | None = None,
 ):
     """AdamW parameter groups: decay / no decay, each scaled by ``layer_decay ** (L+1 - depth)``.
 
-    Every parameter is listed, trainable or not, so that unfreezing later needs no new groups.
+    ``lr_mults`` multiplies the LR of the parameters whose name starts with a prefix (e.g.
+    ``{"backbone.": 0.1}``; the first matching prefix wins). Every parameter is listed, trainable
+    or not, so that unfreezing later needs no new groups.
     """
     top = sum(depths) + 1
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, float], dict] = {}
     for name, module, own, param in owned_parameters(model):
         depth = layer_id(name, depths) if layer_decay is not None else top
         skip = no_weight_decay(module, own)
+        mult = next((m for p, m in (lr_mults or {}).items() if name.startswith(p)), 1.0)
         group = groups.setdefault(
-            (depth, skip),
+            (depth, skip, mult),
             {
                 "params": [],
                 "weight_decay": 0.0 if skip else weight_decay,
-                "lr_scale": (layer_decay or 1.0) ** (top - depth),
+                "lr_scale": mult * (layer_decay or 1.0) ** (top - depth),
             },
         )
         group["params"].append(param)
@@ -111,11 +119,41 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: 
     Each group's LR is its ``lr_scale`` (layer decay) times the base LR times this factor.
     """
 
+    def cosine(progress: float) -> float:
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return warmup_then(optimizer, warmup_steps, total_steps, cosine)
+
+
+def warmup_poly(
+    optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0, power: float = 1.0
+):
+    """Linear warmup from 0, then ``(1 - progress) ** power`` down to ``min_lr_ratio`` (mmseg's
+    poly, as the segmentation recipes use it); step it every optimizer step.
+
+    The decay runs over the steps after the warmup. mmcv's poly counts its progress from step 0
+    and multiplies the warmup on top; at the recipes' 1500 of 160k warmup steps the two differ
+    by under 1%.
+    """
+
+    def poly(progress: float) -> float:
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress) ** power
+
+    return warmup_then(optimizer, warmup_steps, total_steps, poly)
+
+
+def warmup_then(optimizer, warmup_steps: int, total_steps: int, decay):
+    """A LambdaLR: linear warmup from 0 over ``warmup_steps``, then ``decay(progress)`` with
+    progress going from 0 to 1 over the remaining steps (and staying at 1 past them).
+
+    Each group's LR is its ``lr_scale`` (layer decay, LR multipliers) times the base LR times
+    this factor.
+    """
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return decay(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
     def scaled(scale: float):
         return lambda step: scale * factor(step)

@@ -1,0 +1,224 @@
+"""NatTask: what every NAT/DiNAT LightningModule shares (NatClassifier, NatSegmenter).
+
+- the classes: taken from the attached datamodule when none were given, checked when they were;
+- the data's preprocessing, recorded into the hyperparameters so a checkpoint evaluates with it;
+- AdamW over the optimiser groups of ``optim.param_groups`` (no decay on norms, biases, rpb and
+  layer scales; optional layer decay) with a warmup schedule sized from the Trainer, kept as the
+  checkpoint's ``lr_schedule`` on resume;
+- the callbacks: skipped-image reports, RNG state, backbone freezing (BackboneFreeze) and EMA
+  (Lightning's EMAWeightAveraging);
+- batches of undecodable images only, skipped in training;
+- the embedded default data, used when fit gets no data at all.
+
+A subclass builds ``self.network`` and sets ``self.id2label``, ``self.num_classes``,
+``self.preprocessing`` and ``self._classes_from_data`` in its ``__init__`` (then calls
+``_init_task``), and defines ``backbone``, ``_adopt_classes``, ``_training_loss``, ``_evaluate``,
+``_log_epoch_metrics``, ``_param_groups``, ``_lr_scheduler`` and ``_default_datamodule``. Its
+hyperparameters include those NatClassifier documents for the shared parts: lr, weight_decay,
+betas, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune, unfreeze_at_epoch,
+ema_decay and compile.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ..callbacks.finetuning import BackboneFreeze
+from ..callbacks.rng_state import RNGState
+from ..callbacks.skipped_images import SkippedImagesReport
+from .optim import schedule_length
+
+
+class NatTask(L.LightningModule):
+    # the datamodule attributes recorded as ``preprocessing`` (all of them, or none)
+    PREPROCESSING_KEYS: tuple[str, ...] = ("image_size", "crop_pct", "mean", "std")
+    # the state_dict key of the classifier layer whose rows are the classes (checked on load)
+    HEAD_WEIGHT = "network.head.weight"
+
+    def _init_task(self) -> None:
+        self._fallback_data = None
+        self._resumed_schedule: tuple[int, int] | None = None
+        self.schedule: tuple[int, int] | None = None  # (warmup, total) steps of the current fit
+
+    # -- the classes and preprocessing of the attached data ------------------------------------
+
+    def configure_model(self) -> None:
+        """Take the datamodule's classes when none were given; check them when they were.
+
+        Runs after the datamodule's ``setup`` and before a checkpoint is restored (EMA calls it
+        earlier, from its own ``setup``); idempotent. ``load_from_checkpoint`` calls it with no
+        trainer: the checkpoint's classes are the model's then.
+        """
+        if self._trainer is None:
+            return
+        data = self.trainer.datamodule
+        stage = self.trainer.state.fn
+        if data is not None and hasattr(data, "id2label") and stage != "predict":
+            names = {int(k): str(v) for k, v in data.id2label.items()}
+            if self._classes_from_data:
+                if names != self.id2label:
+                    self._adopt_classes(names)
+                self._classes_from_data = False
+            else:
+                check_classes(self.id2label, names, stage)
+            self._record_preprocessing(data)
+        elif self._classes_from_data and stage == "fit" and not self._uses_fallback_data():
+            rank_zero_warn(
+                f"no num_classes and no datamodule to take them from: the head has "
+                f"{self.num_classes} classes; pass num_classes= (and id2label=)"
+            )
+        self._configure_network(data)
+        if self.hparams.compile and not getattr(self.network, "_compiled_call_impl", None):
+            self.network.compile()
+
+    def _configure_network(self, data) -> None:
+        """What a task sets up on its network once the data is known, before compiling."""
+
+    def _record_preprocessing(self, data) -> None:
+        keys = self.PREPROCESSING_KEYS
+        if all(getattr(data, k, None) is not None for k in keys):
+            self.preprocessing = {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in ((k, getattr(data, k)) for k in keys)
+            }
+            self.hparams["preprocessing"] = self.preprocessing
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        if len(batch["pixel_values"]) == 0:  # every image was undecodable: skipped (and counted)
+            return None
+        return self._training_loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self):
+        self._log_epoch_metrics("test")
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=hp.lr, betas=tuple(hp.betas))
+        self.schedule = self._sized_schedule(
+            schedule_length(self.trainer, hp.warmup_epochs, hp.warmup_steps)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": self._lr_scheduler(optimizer, *self.schedule),
+                "interval": "step",
+            },
+        }
+
+    def _sized_schedule(self, wanted: tuple[int, int]) -> tuple[int, int]:
+        """A resumed run keeps the schedule it was sized for unless rescale_schedule is set."""
+        old = self._resumed_schedule
+        if old is None or old == wanted:
+            return wanted
+        sizes = (
+            f"warmup {old[0]} / total {old[1]} steps, this fit's length gives "
+            f"{wanted[0]} / {wanted[1]}"
+        )
+        if self.hparams.rescale_schedule:
+            rank_zero_warn(
+                f"resumed run: re-sizing its LR schedule ({sizes}; rescale_schedule=True)"
+            )
+            return wanted
+        rank_zero_warn(
+            f"resumed run: keeping the LR schedule it was sized for ({sizes}); past its end "
+            "the LR stays at min_lr. Pass --model.rescale_schedule true to re-size it"
+        )
+        return old
+
+    def configure_callbacks(self):
+        # undecodable-image reports; RNG state in checkpoints for exact resumes
+        callbacks = [SkippedImagesReport(), RNGState()]
+        if self.hparams.finetune != "full":
+            thaw = (
+                None if self.hparams.finetune == "linear_probe" else self.hparams.unfreeze_at_epoch
+            )
+            callbacks.append(BackboneFreeze(unfreeze_at_epoch=thaw))
+        if self.hparams.ema_decay is not None:
+            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+        return callbacks
+
+    # -- checkpoints and export ----------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.schedule is not None:
+            checkpoint["lr_schedule"] = {
+                "warmup_steps": self.schedule[0],
+                "total_steps": self.schedule[1],
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        head = checkpoint.get("state_dict", {}).get(self.HEAD_WEIGHT)
+        if head is not None and head.shape[0] != self.num_classes:
+            raise ValueError(
+                f"the checkpoint's head has {head.shape[0]} classes but this model has "
+                f"num_classes={self.num_classes}; to evaluate it, leave num_classes/id2label unset "
+                "(they come from the checkpoint); to fine-tune it on other labels, export it "
+                "(nat-lightning export) and pass the folder as pretrained="
+            )
+        schedule = checkpoint.get("lr_schedule")
+        if schedule is not None:
+            self._resumed_schedule = (schedule["warmup_steps"], schedule["total_steps"])
+
+    def save_pretrained(self, directory) -> None:
+        """Write the network in transformers' layout (config.json + model.safetensors)."""
+        self.network.save_pretrained(directory)
+
+    # -- the embedded default data, used only when no data at all is given --------------------
+
+    def _uses_fallback_data(self) -> bool:
+        """True when fit/validate got neither dataloaders nor a datamodule: Lightning then asks
+        the module itself for its training data."""
+        source = getattr(getattr(self.trainer.fit_loop, "_data_source", None), "instance", self)
+        return source is self
+
+    def _default_data(self):
+        if self._fallback_data is None:
+            self._fallback_data = self._default_datamodule()
+            self._fallback_data.setup("fit")
+        return self._fallback_data
+
+    def train_dataloader(self):
+        return self._default_data().train_dataloader()
+
+    def val_dataloader(self):
+        # fit(model, train_dataloaders=x) without validation data validates on nothing
+        return self._default_data().val_dataloader() if self._uses_fallback_data() else []
+
+
+def check_classes(model: dict[int, str], data: dict[int, str], stage: str) -> None:
+    """The head's classes against the data's: a different count is an error, other names a
+    warning."""
+    if len(model) != len(data):
+        fix = (
+            (
+                "evaluate on the dataset it was trained on (its checkpoint names it; --data.dataset "
+                "overrides it) or on one with the same labels"
+            )
+            if stage != "fit"
+            else ("leave num_classes/id2label unset to take the data's classes")
+        )
+        raise ValueError(
+            f"the model's head has {len(model)} classes but the data has {len(data)} "
+            f"({list(data.values())[:10]}{'...' if len(data) > 10 else ''}): {fix}"
+        )
+    if model != data:
+        rank_zero_warn(
+            f"the model's class names {list(model.values())[:10]} differ from the data's "
+            f"{list(data.values())[:10]}: class ids are compared as they are"
+        )
