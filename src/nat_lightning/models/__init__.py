@@ -1,4 +1,5 @@
-"""NAT/DiNAT networks, their config and variants, and checkpoint loading (see nat.py, config.py)."""
+"""NAT/DiNAT networks, their config and variants, checkpoint loading, and UPerNet segmentation
+(see nat.py, config.py, upernet.py)."""
 
 from .config import VARIANTS, NatConfig, get_variant, list_variants
 from .nat import (
@@ -9,6 +10,8 @@ from .nat import (
     NatModel,
     NatModelOutput,
 )
+from .upernet import NatForSemanticSegmentation, SemanticSegmenterOutput
+from .upernet_config import UperNetConfig
 
 __all__ = [
     "VARIANTS",
@@ -16,9 +19,12 @@ __all__ = [
     "NatBackbone",
     "NatConfig",
     "NatForImageClassification",
+    "NatForSemanticSegmentation",
     "NatImageClassifierOutput",
     "NatModel",
     "NatModelOutput",
+    "SemanticSegmenterOutput",
+    "UperNetConfig",
     "get_variant",
     "list_variants",
 ]

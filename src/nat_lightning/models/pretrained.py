@@ -144,26 +144,8 @@ class PretrainedMixin:
         own = {self._to_canonical_name(k): k for k in self.state_dict()}
         state = self._drop_unused(state, own, source)
         fresh = self._fresh_parts(state, source)
-        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
-        missing = sorted(own[k] for k in own if k not in state and not k.startswith(fresh))
-        unexpected = sorted(origin.get(k, k) for k in state if k not in own)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {source} does not fit "
-                f"{type(self).__name__}({self.config.model_type}): "
-                f"missing keys {_listing(missing)}; unexpected keys {_listing(unexpected)}"
-            )
-        mine = self.state_dict()
-        wrong = [
-            f"{origin.get(k, k)}: checkpoint {tuple(v.shape)} vs model {tuple(mine[own[k]].shape)}"
-            for k, v in state.items()
-            if v.shape != mine[own[k]].shape
-        ]
-        if wrong:
-            raise ValueError(
-                f"checkpoint {source} does not fit the config: shape mismatches {_listing(wrong)}"
-            )
-        self.load_state_dict({own[k]: v for k, v in state.items()}, strict=False)
+        what = f"{type(self).__name__}({self.config.model_type})"
+        load_checked(self, state, origin, source, own, fresh, what)
 
     def _drop_unused(self, state: dict[str, torch.Tensor], own: dict[str, str], source: str):
         """Parts of a checkpoint this class has no place for, by design (see the module doc)."""
@@ -234,6 +216,40 @@ class PretrainedMixin:
         )
         self.config.save(directory, architectures=[family + architecture[self._kind]])
         return directory
+
+
+def load_checked(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    source: str,
+    own: dict[str, str],
+    fresh: tuple[str, ...],
+    what: str,
+) -> None:
+    """Load ``state`` into ``module`` strictly: every name of ``own`` (state's naming -> the
+    module's) must be in ``state`` with the module's shape and nothing else may be, except names
+    under the ``fresh`` prefixes, which keep their initialisation. ``origin`` gives the checkpoint
+    key each state key came from, for the messages; ``what`` names the model in them."""
+    state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+    missing = sorted(own[k] for k in own if k not in state and not k.startswith(fresh))
+    unexpected = sorted(origin.get(k, k) for k in state if k not in own)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {source} does not fit {what}: "
+            f"missing keys {_listing(missing)}; unexpected keys {_listing(unexpected)}"
+        )
+    mine = module.state_dict()
+    wrong = [
+        f"{origin.get(k, k)}: checkpoint {tuple(v.shape)} vs model {tuple(mine[own[k]].shape)}"
+        for k, v in state.items()
+        if v.shape != mine[own[k]].shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"checkpoint {source} does not fit the config: shape mismatches {_listing(wrong)}"
+        )
+    module.load_state_dict({own[k]: v for k, v in state.items()}, strict=False)
 
 
 def _listing(keys: list[str], limit: int = 20) -> str:

@@ -1,0 +1,403 @@
+"""UPerNet on a NAT/DiNAT backbone, top to bottom: output, conv block, the two heads, the model.
+
+The numerics and the parameter names follow transformers 4.40's ``UperNetForSemanticSegmentation``
+(itself mmsegmentation's UPerHead and FCNHead), so its folders load here and ours load there;
+only the backbone's names differ (ours are SHI-Labs', mapped in checkpoints.py). Parameters are
+``backbone.*`` (a :class:`NatBackbone`), ``decode_head.*`` and ``auxiliary_head.*``.
+
+Shapes for a ``(B, 3, H, W)`` input with four backbone stages: feature maps ``(B, C_i, H/2^(i+2),
+W/2^(i+2))``; the decode head works at ``H/4 x W/4`` with ``hidden_size`` channels; the logits are
+upsampled to ``(B, num_labels, H, W)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import from_transformers, to_canonical, to_transformers
+from .config import NatConfig
+from .files import read_state_dict, write_atomically
+from .hub import WEIGHT_FILES, resolve_pretrained
+from .nat import NatBackbone, _Output
+from .pretrained import _listing, load_checked, read_checkpoint
+from .upernet_config import AUXILIARY_INPUT, UperNetConfig
+
+log = logging.getLogger(__name__)
+_CLASSIFIERS = ("decode_head.classifier.", "auxiliary_head.classifier.")
+
+
+@dataclass
+class SemanticSegmenterOutput(_Output):
+    loss: torch.Tensor | None = None  # scalar, when labels are given: decode + weight * auxiliary
+    logits: torch.Tensor | None = None  # (B, num_labels, H, W), upsampled to the input
+    auxiliary_logits: torch.Tensor | None = None  # (B, num_labels, H, W); with labels or training
+
+
+# -- heads ----------------------------------------------------------------------------------------
+
+
+class ConvModule(nn.Module):
+    """Convolution (no bias: the BatchNorm has one), BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.batch_norm = nn.BatchNorm2d(out_channels)
+        self.activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.batch_norm(self.conv(x)))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class UperNetHead(nn.Module):
+    """UPerNet's decode head (arXiv 1807.10221): a pyramid pooling module on the last feature map,
+    a top-down FPN over all of them, their fusion at the finest scale, and a 1x1 classifier."""
+
+    def __init__(self, config: UperNetConfig, in_channels: list[int]):
+        super().__init__()
+        hidden = config.hidden_size
+        # pyramid pooling: average to s x s, then 1x1 conv-BN-ReLU (the pool is item 0)
+        self.psp_modules = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvModule(in_channels[-1], hidden, 1))
+            for scale in config.pool_scales
+        )
+        self.bottleneck = ConvModule(
+            in_channels[-1] + len(config.pool_scales) * hidden, hidden, 3, padding=1
+        )
+        self.lateral_convs = nn.ModuleList(ConvModule(c, hidden, 1) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(
+            ConvModule(hidden, hidden, 3, padding=1) for _ in in_channels[:-1]
+        )
+        self.fpn_bottleneck = ConvModule(len(in_channels) * hidden, hidden, 3, padding=1)
+        self.classifier = nn.Conv2d(hidden, config.num_labels, 1)
+
+    def pyramid_pooling(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, hidden, h, w): x and its pooled versions, upsampled, fused."""
+        pooled = [_resize(block(x), x.shape[2:]) for block in self.psp_modules]
+        return self.bottleneck(torch.cat([x, *pooled], dim=1))
+
+    def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Feature maps (B, C_i, h_i, w_i), finest first -> logits (B, num_labels, h_0, w_0)."""
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)]
+        laterals.append(self.pyramid_pooling(features[-1]))  # each (B, hidden, h_i, w_i)
+        for i in range(len(laterals) - 1, 0, -1):  # top-down: add the coarser map, upsampled
+            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[2:])
+        outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
+        outs.append(laterals[-1])
+        size = outs[0].shape[2:]
+        outs = [outs[0]] + [_resize(out, size) for out in outs[1:]]
+        return self.classifier(self.fpn_bottleneck(torch.cat(outs, dim=1)))
+
+
+class FCNHead(nn.Module):
+    """The auxiliary head (arXiv 1411.4038): 3x3 conv-BN-ReLU blocks on one feature map, then a
+    1x1 classifier; ``conv_cat`` fuses the input back in when ``auxiliary_concat_input``."""
+
+    def __init__(self, config: UperNetConfig, in_channels: int):
+        super().__init__()
+        channels = config.auxiliary_channels
+        self.convs = nn.Sequential(
+            *(
+                ConvModule(in_channels if i == 0 else channels, channels, 3, padding=1)
+                for i in range(config.auxiliary_num_convs)
+            )
+        )
+        self.conv_cat = (
+            ConvModule(in_channels + channels, channels, 3, padding=1)
+            if config.auxiliary_concat_input
+            else None
+        )
+        self.classifier = nn.Conv2d(channels, config.num_labels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs(x)
+        if self.conv_cat is not None:
+            out = self.conv_cat(torch.cat([x, out], dim=1))
+        return self.classifier(out)
+
+
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels; 0 (not NaN) when none is labelled.
+
+    Args:
+        logits: (B, num_labels, H, W).
+        labels: (B, H, W) class ids; ``ignore_index`` marks unlabelled pixels.
+        ignore_index: the label value to ignore.
+    """
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+class NatForSemanticSegmentation(nn.Module):
+    """UPerNet with a NAT/DiNAT backbone: ``backbone``, ``decode_head``, ``auxiliary_head``."""
+
+    def __init__(self, config: UperNetConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = NatBackbone(config.backbone)  # initialised by NatBackbone itself
+        channels = config.backbone_channels
+        self.decode_head = UperNetHead(config, channels)
+        self.auxiliary_head = (
+            FCNHead(config, channels[AUXILIARY_INPUT]) if config.use_auxiliary_head else None
+        )
+        self.init_head_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' init of the heads: N(0, initializer_range) convolutions, zero biases,
+        BatchNorm at (1, 0) with fresh running statistics."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()
+
+    def init_head_weights(self) -> None:
+        """Re-initialise both heads (the backbone keeps its weights)."""
+        self.decode_head.apply(self._init_weights)
+        if self.auxiliary_head is not None:
+            self.auxiliary_head.apply(self._init_weights)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch the backbone's attention layers to another nat_lightning.ops backend."""
+        self.backbone.set_attention_backend(backend)
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> SemanticSegmenterOutput:
+        """Logits at the input's size, and the loss when ``labels`` (B, H, W) are given.
+
+        The auxiliary head runs only with labels or in training: inference does not need it.
+        """
+        size = pixel_values.shape[2:]
+        if labels is not None and (labels.dim() != 3 or labels.shape[1:] != size):
+            raise ValueError(
+                f"labels must be (batch, height, width) = (batch, {size[0]}, {size[1]}) for "
+                f"pixel_values of shape {tuple(pixel_values.shape)}, "
+                f"got labels.shape={tuple(labels.shape)}"
+            )
+        features = self.backbone(pixel_values).feature_maps  # (B, C_i, h_i, w_i)
+        logits = _resize(self.decode_head(features), size)  # (B, num_labels, H, W)
+        auxiliary = None
+        if self.auxiliary_head is not None and (labels is not None or self.training):
+            auxiliary = _resize(self.auxiliary_head(features[AUXILIARY_INPUT]), size)
+        loss = None
+        if labels is not None:
+            ignore = self.config.loss_ignore_index
+            loss = segmentation_loss(logits, labels, ignore)
+            if auxiliary is not None:
+                weight = self.config.auxiliary_loss_weight
+                loss = loss + weight * segmentation_loss(auxiliary, labels, ignore)
+        return SemanticSegmenterOutput(loss=loss, logits=logits, auxiliary_logits=auxiliary)
+
+    # -- checkpoints: transformers' UperNet folders, classification backbones ---------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | os.PathLike,
+        *,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        **backbone_overrides,
+    ) -> NatForSemanticSegmentation:
+        """Load a transformers ``UperNetForSemanticSegmentation`` folder or Hub id whose
+        backbone_config is NAT or DiNAT. Loading is strict, except that other classes give fresh
+        classifiers (logged).
+
+        Args:
+            pretrained: a folder with config.json + model.safetensors (or pytorch_model.bin), or
+                a Hub id.
+            num_labels: classes; a number other than the checkpoint's gives freshly initialised
+                ``decode_head.classifier`` and ``auxiliary_head.classifier``.
+            id2label: class names; implies ``num_labels=len(id2label)``.
+            revision: the Hub revision (branch, tag or commit) for a Hub id.
+            cache_dir: huggingface_hub's cache folder for a Hub id.
+            backbone_overrides: NatConfig fields of the backbone to change, e.g.
+                ``drop_path_rate=0.3, attention_backend="torch"``; unknown names are an error.
+        """
+        source = str(pretrained)
+        path = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir)
+        if not path.is_dir():
+            raise ValueError(
+                f"pretrained={source!r} is a file; expected a transformers UperNet folder "
+                "(config.json + model.safetensors) or a Hub id. For backbone weights alone use "
+                "NatForSemanticSegmentation.from_backbone"
+            )
+        config = UperNetConfig.from_json(path)
+        config = _with_labels(config, num_labels, id2label)
+        if backbone_overrides:
+            config = config.replace(backbone=config.backbone.replace(**backbone_overrides))
+        weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{path} has none of {list(WEIGHT_FILES)}")
+        state, origin = from_transformers_layout(read_state_dict(weights))
+        model = cls(config)
+        fresh = model._fresh_classifiers(state, source)
+        own = {k: k for k in model.state_dict()}
+        load_checked(
+            model,
+            state,
+            origin,
+            source,
+            own,
+            fresh,
+            f"{cls.__name__}({config.backbone.model_type})",
+        )
+        return model
+
+    def _fresh_classifiers(self, state: dict[str, torch.Tensor], source: str) -> tuple[str, ...]:
+        """The classifiers to keep fresh: those whose class count differs from the checkpoint's."""
+        theirs = state.get("decode_head.classifier.weight")
+        if theirs is None or theirs.shape[0] == self.config.num_labels:
+            return ()
+        log.warning(
+            "%s: decode_head.classifier and auxiliary_head.classifier are newly initialised for "
+            "num_labels=%d (the checkpoint has %d classes)",
+            source,
+            self.config.num_labels,
+            theirs.shape[0],
+        )
+        return _CLASSIFIERS
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write transformers' UperNet layout: config.json + model.safetensors, each atomically.
+
+        The folder loads with ``from_pretrained`` here and with transformers' (<= 4.40)
+        ``UperNetForSemanticSegmentation``.
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tensors = to_transformers_layout(state)
+        write_atomically(
+            directory / "model.safetensors",
+            lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        )
+        self.config.save(directory)
+        return directory
+
+    @classmethod
+    def from_backbone(
+        cls,
+        pretrained: str | os.PathLike | Mapping[str, torch.Tensor],
+        config: UperNetConfig,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> NatForSemanticSegmentation:
+        """A new model whose backbone comes from a classification (or backbone) checkpoint; the
+        heads are fresh. What the backbone does not use (the classifier's head, the final norm)
+        and what it initialises afresh (stage norms) is logged, as NatBackbone.from_pretrained.
+
+        Args:
+            pretrained: anything ``NatBackbone.from_pretrained`` reads (a transformers folder, a
+                Hub id, SHI-Labs' .pth), or a state dict in our, SHI-Labs' or transformers'
+                naming (a classifier's, a backbone's, or a segmentation model's ``backbone.*``).
+            config: the model; its backbone must be the checkpoint's architecture.
+            revision: the Hub revision for a Hub id.
+            cache_dir: huggingface_hub's cache folder for a Hub id.
+        """
+        model = cls(config)
+        if isinstance(pretrained, Mapping):
+            source, raw = "the given state dict", _backbone_part(dict(pretrained))
+        else:
+            source = str(pretrained)
+            path = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir)
+            file_config, raw = read_checkpoint(path)
+            if file_config is not None:
+                _check_dilations(file_config, config, source)
+        state, origin = to_canonical(raw)
+        model.backbone._load_canonical(state, origin, source)
+        return model
+
+
+# -- checkpoint helpers ---------------------------------------------------------------------------
+
+
+def to_transformers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> transformers' UperNet names (only the backbone's are renamed)."""
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    out = {f"backbone.{k}": v for k, v in to_transformers(backbone).items()}
+    out.update((k, v) for k, v in state.items() if not k.startswith("backbone."))
+    return out
+
+
+def from_transformers_layout(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """transformers' UperNet state dict -> ours, with the checkpoint key each one came from."""
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    ours, origin = from_transformers(backbone)
+    out = {f"backbone.{k}": v for k, v in ours.items()}
+    origins = {f"backbone.{k}": f"backbone.{v}" for k, v in origin.items()}
+    for key, value in state.items():
+        if not key.startswith("backbone."):
+            out[key], origins[key] = value, key
+    return out, origins
+
+
+def _backbone_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder of our segmentation model (``backbone.*``) or of our classifier (``nat.*``),
+    other keys dropped (logged); any other state dict (SHI-Labs', transformers') as it is."""
+    if any(k.startswith("backbone.") for k in state):
+        prefix = "backbone."
+    elif any(k.startswith(("nat.patch_embed.", "nat.levels.")) for k in state):
+        prefix = "nat."
+    else:
+        return state
+    others = sorted(k for k in state if not k.startswith(prefix))
+    if others:
+        log.info("the given state dict: the backbone does not use %s", _listing(others))
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _check_dilations(theirs: NatConfig, config: UperNetConfig, source: str) -> None:
+    """Weights do not show dilations: compare the checkpoint's config.json with ours."""
+    ours = config.backbone
+    if theirs.depths == ours.depths and _dilations(theirs) != _dilations(ours):
+        raise ValueError(
+            f"checkpoint {source} has dilations={_dilations(theirs)}, but config.backbone has "
+            f"dilations={_dilations(ours)}: pass a config of the checkpoint's architecture"
+        )
+
+
+def _dilations(config: NatConfig) -> list[list[int]]:
+    return [config.block_dilations(i) for i in range(len(config.depths))]
+
+
+def _with_labels(
+    config: UperNetConfig, num_labels: int | None, id2label: dict[int, str] | None
+) -> UperNetConfig:
+    """The checkpoint's config with the caller's classes, if any."""
+    if id2label is not None:
+        if num_labels is not None and num_labels != len(id2label):
+            raise ValueError(
+                f"num_labels={num_labels} disagrees with id2label, which has {len(id2label)} "
+                "entries; pass one of them"
+            )
+        return config.replace(num_labels=len(id2label), id2label=id2label)
+    if num_labels is not None and num_labels != config.num_labels:
+        return config.replace(num_labels=num_labels)
+    return config
