@@ -1,6 +1,17 @@
-"""Image classification data: the DataModule, its transforms, the embedded digits dataset."""
+"""Image data: the classification and segmentation DataModules, their transforms, and the
+embedded digits (classification) and shapes (segmentation) datasets."""
 
 from .datamodule import HFImageDataModule
 from .digits import DIGITS_PARQUET, quickstart_datamodule
+from .segmentation import HFSegmentationDataModule
+from .shapes import SHAPES_CLASSES, SHAPES_DATASET, shapes_datamodule
 
-__all__ = ["DIGITS_PARQUET", "HFImageDataModule", "quickstart_datamodule"]
+__all__ = [
+    "DIGITS_PARQUET",
+    "SHAPES_CLASSES",
+    "SHAPES_DATASET",
+    "HFImageDataModule",
+    "HFSegmentationDataModule",
+    "quickstart_datamodule",
+    "shapes_datamodule",
+]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 from functools import cached_property
+from typing import ClassVar
 
 import lightning as L
 import torch
-from datasets import Dataset, Image
+from datasets import Dataset, Features, Image
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Sampler
 
@@ -26,6 +27,7 @@ from .sources import (
     Splits,
     carve_validation,
     describe,
+    hub_features,
     image_files,
     is_hub_id,
     load_splits,
@@ -80,8 +82,8 @@ class HFDataModule(L.LightningDataModule):
     ``_kept_columns``, ``_decoder``, ``_collate`` and ``_unlabelled_decoder``.
     """
 
-    PREPROCESSING: dict = BUILT_IN_PREPROCESSING
-    RANGES: dict = RANGES
+    PREPROCESSING: ClassVar[dict] = BUILT_IN_PREPROCESSING
+    RANGES: ClassVar[dict] = RANGES
 
     def _start(self, dataset: Source | None, default: str, given: dict) -> None:
         """The rest of ``__init__``, once ``save_hyperparameters`` has run: ``default`` is read
@@ -161,8 +163,29 @@ class HFDataModule(L.LightningDataModule):
     @cached_property
     def all_splits(self) -> Splits:
         """Every split of the dataset, as ``datasets`` loads it (streamed only for Hub ids)."""
+        return self._load_splits()
+
+    def _load_splits(self) -> Splits:
         hp = self.hparams
         return load_splits(self.dataset, hp.config_name, hp.streaming, hp.cache_dir)
+
+    def _features(self, expected: str) -> Features:
+        """The dataset's declared features (column types), without decoding an image: a Hub
+        dataset's metadata (no download when LightningCLI reads ``num_classes`` at
+        instantiation), else the train split's. ``expected`` says what the error expects."""
+        hp = self.hparams
+        features = None
+        if is_hub_id(self.dataset) and not hp.streaming:
+            features = hub_features(self.dataset, hp.config_name, hp.cache_dir)
+        if features is None:
+            train = pick_split(self.all_splits, hp.train_split, self.dataset, "train_split")
+            features = train.data.features
+        if features is None:
+            raise ValueError(
+                f"dataset {describe(self.dataset)} does not declare its features (column types); "
+                f"expected {expected}"
+            )
+        return features
 
     @cached_property
     def splits(self) -> dict[str, Split]:

@@ -38,23 +38,28 @@ def overview(features: Features) -> dict[str, str]:
     }
 
 
+def check_image_column(features: Features, dataset: Source, column: str, field: str) -> str:
+    """``column``, when the dataset has it and it holds images (a datasets.Image, or bytes or
+    file paths); else a ValueError naming ``field``, the value and the columns."""
+    feature = features.get(column)
+    if feature is None:
+        raise ValueError(
+            f"{field}={column!r} is not in dataset {describe(dataset)}; "
+            f"columns: {overview(features)}"
+        )
+    if not isinstance(feature, Image) and not (
+        isinstance(feature, Value) and feature.dtype in IMAGE_DTYPES
+    ):
+        raise ValueError(
+            f"{field}={column!r} of dataset {describe(dataset)} is {overview(features)[column]}; "
+            "expected a datasets.Image, or bytes or file paths"
+        )
+    return column
+
+
 def find_image_column(features: Features, dataset: Source, image_column: str | None) -> str:
     if image_column is not None:
-        feature = features.get(image_column)
-        if feature is None:
-            raise ValueError(
-                f"image_column={image_column!r} is not in dataset {describe(dataset)}; "
-                f"columns: {overview(features)}"
-            )
-        if not isinstance(feature, Image) and not (
-            isinstance(feature, Value) and feature.dtype in IMAGE_DTYPES
-        ):
-            raise ValueError(
-                f"image_column={image_column!r} of dataset {describe(dataset)} is "
-                f"{overview(features)[image_column]}; "
-                "expected a datasets.Image, or bytes or file paths"
-            )
-        return image_column
+        return check_image_column(features, dataset, image_column, "image_column")
     found = [name for name, f in features.items() if isinstance(f, Image)]
     if len(found) != 1:
         problem = (

@@ -10,6 +10,7 @@ against ``max_skipped_fraction``; a batch of undecodable images only has B = 0.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import ClassVar
 
 from datasets import Dataset, DatasetDict
 
@@ -17,7 +18,6 @@ from .base import PREPROCESSING_RANGES, RANGES, HFDataModule
 from .columns import Columns, resolve_columns
 from .digits import DIGITS_PARQUET
 from .images import Collate, ExampleDecoder
-from .sources import describe, hub_features, is_hub_id, pick_split
 from .transforms import eval_transform, train_transform
 
 IMAGE_RANGES = {  # argument -> (is it valid, what is expected)
@@ -58,7 +58,7 @@ class HFImageDataModule(HFDataModule):
     ImageNet mean/std). See ``resolve_preprocessing``.
     """
 
-    RANGES = IMAGE_RANGES
+    RANGES: ClassVar[dict] = IMAGE_RANGES
 
     def __init__(
         self,
@@ -166,19 +166,9 @@ class HFImageDataModule(HFDataModule):
     def columns(self) -> Columns:
         """Image and label columns and the class names."""
         hp = self.hparams
-        features = None
-        if is_hub_id(self.dataset) and not hp.streaming:
-            # the Hub's metadata: no download when LightningCLI reads num_classes at instantiation
-            features = hub_features(self.dataset, hp.config_name, hp.cache_dir)
-        if features is None:
-            features = pick_split(
-                self.all_splits, hp.train_split, self.dataset, "train_split"
-            ).data.features
-        if features is None:
-            raise ValueError(
-                f"dataset {describe(self.dataset)} does not declare its features (column types); "
-                "expected a dataset with an Image column and a ClassLabel, string or integer label"
-            )
+        features = self._features(
+            "a dataset with an Image column and a ClassLabel, string or integer label"
+        )
         return resolve_columns(
             features, self.dataset, hp.image_column, hp.label_column, self._label_values
         )

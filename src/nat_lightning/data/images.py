@@ -9,9 +9,9 @@ lists it among the ids (predict) and counts it, so reports can say which files f
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import albumentations as A
 import numpy as np
@@ -21,6 +21,7 @@ from PIL import Image
 from .columns import Columns
 from .transforms import reseed
 
+T = TypeVar("T")
 IGNORE_INDEX = -100  # label of examples without one (unlabelled rows, padding): no loss, no metric
 MAX_NAMED = 10  # undecodable examples a tally keeps by name, for reports
 # the background that transparent pixels are composited over, as transformers does
@@ -59,20 +60,34 @@ def stored_path(value: Mapping[str, Any] | bytes | str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def decode_image(value: Mapping[str, Any] | bytes | str | None) -> np.ndarray | None:
-    """Stored bytes or a file path as (H, W, 3) uint8 RGB; None when it cannot be decoded."""
+def image_source(value: Mapping[str, Any] | bytes | str | None) -> io.BytesIO | str | None:
+    """What PIL opens for a stored image value: its bytes, else its path; None when neither."""
     if isinstance(value, Mapping):
         data, path = value.get("bytes"), value.get("path")
     else:
         data, path = (value, None) if isinstance(value, bytes) else (None, value)
-    if data is None and path is None:
+    return io.BytesIO(data) if data is not None else path
+
+
+def decoded(
+    value: Mapping[str, Any] | bytes | str | None, read: Callable[[Image.Image], T]
+) -> T | None:
+    """``read`` of the image a stored value holds (bytes, else a path); None when there is none
+    or it cannot be opened, loaded or read."""
+    source = image_source(value)
+    if source is None:
         return None
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
+        with Image.open(source) as image:
             image.load()
-            return to_rgb(image)
+            return read(image)
     except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         return None
+
+
+def decode_image(value: Mapping[str, Any] | bytes | str | None) -> np.ndarray | None:
+    """Stored bytes or a file path as (H, W, 3) uint8 RGB; None when it cannot be decoded."""
+    return decoded(value, to_rgb)
 
 
 @dataclass(frozen=True)
@@ -153,12 +168,15 @@ class Collate:
     def padding(self, last: dict | None, batch_size: int) -> dict[str, Any]:
         """A batch that counts no example: ``last``'s pixels (zeros of ``batch_size`` images when
         None), every label IGNORE_INDEX."""
-        if last is None:  # this rank saw no image at all
-            pixels = torch.zeros(batch_size, 3, self.image_size, self.image_size)
-        else:
-            pixels = last["pixel_values"]
+        pixels = padding_pixels(last, batch_size, self.image_size)
         labels = torch.full((len(pixels),), IGNORE_INDEX, dtype=torch.int64)
         return {"pixel_values": pixels, "labels": labels, **bookkeeping([])}
+
+
+def padding_pixels(last: dict | None, batch_size: int, side: int) -> torch.Tensor:
+    """The pixels of a padding batch: ``last``'s, or zeros of ``batch_size`` square images when
+    this rank saw no image at all."""
+    return torch.zeros(batch_size, 3, side, side) if last is None else last["pixel_values"]
 
 
 def bookkeeping(items: list[dict | Undecodable]) -> dict[str, Any]:

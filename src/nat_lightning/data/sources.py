@@ -262,3 +262,64 @@ def image_files(paths: str | list[str]) -> list[str]:
             f"expected suffixes {list(IMAGE_SUFFIXES)}"
         )
     return files
+
+
+def is_folder_pair(dataset: Source) -> bool:
+    """A local folder holding ``images/`` and ``masks/`` (HFSegmentationDataModule's layout)."""
+    if not isinstance(dataset, str):
+        return False
+    root = Path(dataset).expanduser()
+    return (root / "images").is_dir() and (root / "masks").is_dir()
+
+
+def load_folder_pairs(folder: str) -> DatasetDict:
+    """``images/`` and ``masks/`` files matched by stem, as ``image`` and ``annotation`` Image
+    columns of file paths: one split ``train`` when the images lie directly in ``images/``, else
+    one split per subfolder (``images/train/a.jpg`` pairs with ``masks/train/a.png``)."""
+    root = Path(folder).expanduser()
+    subfolders = sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
+    names = subfolders or [None]
+    splits = {}
+    for name in names:
+        images, masks = (root / kind / (name or "") for kind in ("images", "masks"))
+        splits[name or "train"] = paired_files(images, masks, folder)
+    return DatasetDict(splits)
+
+
+def paired_files(images: Path, masks: Path, folder: str) -> Dataset:
+    """The images under ``images`` with the masks of the same relative stem under ``masks``."""
+    by_stem = {kind: stems(where) for kind, where in (("image", images), ("mask", masks))}
+    unmatched = {
+        kind: sorted(set(found) - set(by_stem["mask" if kind == "image" else "image"]))
+        for kind, found in by_stem.items()
+    }
+    if not by_stem["image"] or any(unmatched.values()):
+        raise ValueError(
+            f"dataset={folder!r}: {str(images)!r} holds {len(by_stem['image'])} image(s) and "
+            f"{str(masks)!r} {len(by_stem['mask'])} mask(s); images without a mask: "
+            f"{unmatched['image'][:MAX_LISTED]}, masks without an image: "
+            f"{unmatched['mask'][:MAX_LISTED]}; expected one mask per image with the same "
+            f"name up to the suffix (suffixes {list(IMAGE_SUFFIXES)})"
+        )
+    order = sorted(by_stem["image"])
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    columns = {"image": [by_stem["image"][s] for s in order],
+               "annotation": [by_stem["mask"][s] for s in order]}  # fmt: skip
+    return Dataset.from_dict(columns, features=features)
+
+
+def stems(folder: Path) -> dict[str, str]:
+    """Image files under ``folder`` (recursively) by their path relative to it, minus suffix."""
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for file in folder.rglob("*"):
+        if file.suffix.lower() in IMAGE_SUFFIXES:
+            stem = str(file.relative_to(folder).with_suffix(""))
+            if stem in found:
+                raise ValueError(
+                    f"{str(folder)!r} holds two files named {stem!r} up to the suffix: "
+                    f"{found[stem]!r} and {str(file)!r}; expected one per name"
+                )
+            found[stem] = str(file)
+    return found

@@ -1,0 +1,198 @@
+"""Segmentation masks: their columns, their class names, and masks decoded as class ids.
+
+A mask is an image whose pixel values are class ids. Palette ("P") PNGs store the ids as palette
+indices and grayscale ("L") PNGs as grey levels: both are read as they are stored, never converted
+to RGB (which would turn ids into colours). An RGB mask holds colours, which become ids only
+through an explicit ``color_map``. IGNORE (255) marks pixels that no loss or metric counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from datasets import ClassLabel, Features
+from PIL import Image as PILImage
+
+from .columns import check_image_column, overview
+from .images import decoded
+from .sources import Source, describe
+
+IGNORE = 255  # mask value of pixels without a class: padding, reduce_labels' 0, unmapped colours
+IMAGE_NAMES = ("image", "pixel_values")
+MASK_NAMES = ("annotation", "label", "mask", "segmentation_mask", "semantic_map")
+ID_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I;16N", "I")  # pixel values are ids
+
+
+@dataclass(frozen=True)
+class MaskColumns:
+    image: str
+    mask: str | None  # None: unlabelled data (predict_paths)
+    names: tuple[str, ...]  # class names by id
+
+
+def find_column(
+    features: Features, dataset: Source, given: str | None, field: str, conventional: tuple
+) -> str:
+    """The column named ``given``, else the first of the ``conventional`` names that exists; it
+    must hold images (a datasets.Image, or bytes or file paths)."""
+    if given is None:
+        found = [name for name in conventional if name in features]
+        if not found:
+            raise ValueError(
+                f"dataset {describe(dataset)} has no column named {' or '.join(conventional)}; "
+                f"columns: {overview(features)}; pass {field}= naming one of them"
+            )
+        given = found[0]
+    return check_image_column(features, dataset, given, field)
+
+
+def find_class_label(features) -> ClassLabel | None:
+    """The first ClassLabel among the features, also inside lists (e.g. the classes present)."""
+    values = features.values() if isinstance(features, Mapping) else [features]
+    for feature in values:
+        if isinstance(feature, ClassLabel):
+            return feature
+        inner = getattr(feature, "feature", None)  # Sequence, List, LargeList
+        if inner is not None and (found := find_class_label(inner)) is not None:
+            return found
+    return None
+
+
+def class_names(
+    features: Features, labels_file: str | None, num_classes: int | None, dataset: Source
+) -> tuple[str, ...]:
+    """Names by id: from ``labels_file``, else a ClassLabel of the features, else ``class_i`` for
+    ``num_classes`` ids. ``num_classes``, when given with names, must agree with them."""
+    if labels_file is not None:
+        names, origin = read_labels_file(labels_file), f"labels_file={labels_file!r}"
+    elif (label := find_class_label(features)) is not None:
+        names, origin = tuple(label.names), f"the ClassLabel of dataset {describe(dataset)}"
+    elif num_classes is not None:
+        return tuple(f"class_{i}" for i in range(num_classes))
+    else:
+        raise ValueError(
+            f"dataset {describe(dataset)} does not name its classes (no ClassLabel feature; "
+            f"columns: {overview(features)}); pass labels_file= (a JSON of id -> name) or "
+            "num_classes="
+        )
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(
+            f"num_classes={num_classes} but {origin} names {len(names)} classes; expected them "
+            "to agree (or num_classes=None)"
+        )
+    return names
+
+
+def read_labels_file(path: str) -> tuple[str, ...]:
+    """A JSON object of id -> name (transformers' id2label), or a list of names; ids missing
+    from an object are named ``class_i``."""
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"labels_file={path!r} cannot be read as JSON: {err}") from err
+    if isinstance(data, list):
+        return tuple(str(name) for name in data)
+    try:
+        by_id = {int(key): str(name) for key, name in dict(data).items()}
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"labels_file={path!r}: expected a JSON list of names or an object of "
+            f'integer ids -> names, e.g. {{"0": "wall"}}'
+        ) from err
+    if not by_id or min(by_id) < 0:
+        raise ValueError(f"labels_file={path!r} has ids {sorted(by_id)}; expected ids >= 0")
+    return tuple(by_id.get(i, f"class_{i}") for i in range(max(by_id) + 1))
+
+
+def parse_color_map(color_map: Mapping[Any, int] | None) -> dict[int, int] | None:
+    """``{"#rrggbb" or "r,g,b" or (r, g, b): id}`` as ``{r << 16 | g << 8 | b: id}``."""
+    if color_map is None:
+        return None
+    parsed = {}
+    for key, class_id in color_map.items():
+        rgb = colour_of(key)
+        if rgb is None or not all(0 <= c <= 255 for c in rgb):
+            raise ValueError(
+                f"color_map key {key!r}: expected a colour as '#rrggbb', 'r,g,b' or (r, g, b)"
+            )
+        if not 0 <= int(class_id) <= IGNORE:
+            raise ValueError(f"color_map[{key!r}]={class_id!r}: expected an id in 0..{IGNORE}")
+        parsed[rgb[0] << 16 | rgb[1] << 8 | rgb[2]] = int(class_id)
+    return parsed
+
+
+def colour_of(key: Any) -> tuple[int, int, int] | None:
+    try:
+        if isinstance(key, str) and key.startswith("#") and len(key) == 7:
+            return tuple(int(key[i : i + 2], 16) for i in (1, 3, 5))
+        parts = key.split(",") if isinstance(key, str) else list(key)
+        rgb = tuple(int(part) for part in parts)
+    except (TypeError, ValueError):
+        return None
+    return rgb if len(rgb) == 3 else None
+
+
+class MaskModeError(ValueError):
+    """A mask that decodes but holds colours, not ids, and no color_map says which is which."""
+
+
+def decode_mask(value: Any, color_map: dict[int, int] | None, where: str) -> np.ndarray | None:
+    """Stored bytes or a path as an (H, W) array of class ids (uint8, or uint16 for 16-bit
+    masks); None when it cannot be decoded. ``where`` names the mask in a MaskModeError."""
+    read = decoded(value, lambda image: (image.mode, as_ids_or_rgb(image)))
+    if read is None:
+        return None
+    mode, pixels = read
+    if mode not in ID_MODES:
+        if color_map is None:
+            raise MaskModeError(
+                f"mask {where} is a {mode} image: its pixels are colours, not class ids; expected "
+                "a palette (P) or grayscale (L) mask, or pass color_map= ({'#rrggbb': id, ...})"
+            )
+        return ids_of_colours(pixels, color_map)
+    if pixels.dtype == bool:
+        return pixels.astype(np.uint8)
+    if pixels.max(initial=0) > 65535 or pixels.min(initial=0) < 0:
+        raise MaskModeError(f"mask {where} holds ids outside 0..65535 (mode {mode})")
+    return pixels.astype(np.uint8 if pixels.max(initial=0) <= 255 else np.uint16)
+
+
+def as_ids_or_rgb(image: PILImage.Image) -> np.ndarray:
+    """The stored values of an id mode (never converted: a palette's indices, not its colours),
+    else RGB colours."""
+    return np.asarray(image if image.mode in ID_MODES else image.convert("RGB"))
+
+
+def ids_of_colours(rgb: np.ndarray, color_map: dict[int, int]) -> np.ndarray:
+    """(H, W, 3) colours -> (H, W) uint8 ids; colours the map does not name become IGNORE."""
+    codes = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
+    unique, inverse = np.unique(codes, return_inverse=True)
+    lookup = np.array([color_map.get(int(code), IGNORE) for code in unique], dtype=np.uint8)
+    return lookup[inverse].reshape(codes.shape)
+
+
+def reduce_labels(mask: np.ndarray) -> np.ndarray:
+    """ADE20K's convention: 0 (other) becomes IGNORE, every other id drops by one; IGNORE stays."""
+    reduced = mask.astype(np.int64) - 1
+    reduced[(mask == 0) | (mask == IGNORE)] = IGNORE
+    return reduced.astype(mask.dtype)
+
+
+def fit_mask(mask: np.ndarray, shape: tuple[int, int], mode: str, where: str) -> np.ndarray:
+    """The mask at the image's (H, W): resized with nearest neighbours (``mode="resize"``) or a
+    ValueError (``mode="error"``) naming the pair and both sizes."""
+    if mask.shape == shape:
+        return mask
+    if mode == "error":
+        raise ValueError(
+            f"{where}: the image is {shape[0]}x{shape[1]} (HxW) but its mask is "
+            f"{mask.shape[0]}x{mask.shape[1]}; expected equal sizes, or "
+            "mask_size_mismatch='resize' to resize masks with nearest neighbours"
+        )
+    return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)

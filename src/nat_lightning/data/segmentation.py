@@ -1,0 +1,225 @@
+"""HFSegmentationDataModule: semantic segmentation data (an image and a mask per example).
+
+Batches are ``{"pixel_values": (B, 3, H, W) float32, "labels": (B, H, W) int64}`` with 255 for
+pixels that count in no loss or metric. Evaluation and predict batches are padded to their
+largest image (image 0, mask 255) and add ``"sizes"`` and ``"content"`` (B, 2) int64: each
+image's original (h, w), and its (h, w) once resized, before padding, at the batch's top left
+(crop ``[:h, :w]`` of a prediction, then resize it to ``sizes``). Predict batches add ``"ids"``
+and ``"decoded"`` as the classification ones do. Pairs whose image or mask cannot be decoded are
+dropped, counted and named per stage (``tallies``, see SkippedImagesReport).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import ClassVar, Literal
+
+from datasets import Dataset, DatasetDict
+
+from .base import RANGES, HFDataModule
+from .joint_transforms import eval_finish, eval_resize, train_pipeline
+from .masks import (
+    IMAGE_NAMES,
+    MASK_NAMES,
+    MaskColumns,
+    class_names,
+    find_column,
+    parse_color_map,
+)
+from .pairs import PairCollate, PairDecoder
+from .shapes import SHAPES_DATASET
+from .sources import Splits, is_folder_pair, load_folder_pairs
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+SEGMENTATION_RANGES = {  # argument -> (is it valid, what is expected)
+    **RANGES,
+    "crop_size": (lambda v: v >= 1, ">= 1"),
+    "base_size": (lambda v: v is None or v >= 1, ">= 1 or None"),
+    "eval_size": (lambda v: v is None or v >= 1, ">= 1 or None"),
+    "scale_range": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "(low, high), 0 < low <= high"),
+    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "num_classes": (lambda v: v is None or 1 <= v <= 255, "in 1..255 (255 is ignored) or None"),
+    "mask_size_mismatch": (lambda v: v in ("resize", "error"), "'resize' or 'error'"),
+}
+
+
+class HFSegmentationDataModule(HFDataModule):
+    """Images and masks of class ids from a Hub id, a local folder (``images/`` and ``masks/``
+    with matching file names, optionally in one subfolder per split; or parquet/arrow files named
+    by split), parquet/arrow files, or a ``datasets.Dataset``/``DatasetDict``; map-style by
+    default, streamed with ``streaming=True``. Sources, splits, streaming and DDP behave as in
+    HFImageDataModule (same base): evaluation reads every example exactly once over the ranks.
+
+    ``num_classes`` and ``id2label`` are known right after ``__init__``: from ``labels_file``,
+    else the dataset's ClassLabel feature, else ``num_classes`` (named ``class_i``).
+
+    Preprocessing (``mean``, ``std``): the argument, else the ``preprocessor_config`` file, else
+    the LightningModule's ``preprocessing`` (read in ``setup``), else ImageNet's; see
+    ``resolve_preprocessing``. ``preprocessing`` holds the result.
+    """
+
+    PREPROCESSING: ClassVar[dict] = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    RANGES: ClassVar[dict] = SEGMENTATION_RANGES
+
+    def __init__(
+        self,
+        dataset: str | list[str] | Dataset | DatasetDict | None = None,
+        config_name: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+        test_split: str | None = None,
+        val_fraction: float = 0.1,
+        image_column: str | None = None,
+        mask_column: str | None = None,
+        num_classes: int | None = None,
+        labels_file: str | None = None,
+        reduce_labels: bool = False,
+        color_map: dict[str, int] | None = None,
+        mask_size_mismatch: Literal["resize", "error"] = "resize",
+        streaming: bool = False,
+        shuffle_buffer: int = 1000,
+        crop_size: int = 512,
+        base_size: int | None = None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip: float = 0.5,
+        photometric_distortion: bool = True,
+        eval_size: int | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        preprocessor_config: str | None = None,
+        batch_size: int = 16,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        seed: int = 0,
+        predict_split: str | None = None,
+        predict_paths: str | list[str] | None = None,
+        cache_dir: str | None = None,
+        max_skipped_fraction: float = 0.5,
+    ):
+        """Args:
+        dataset: a Hub id, a local folder (``images/`` + ``masks/``, or parquet/arrow files
+            named by split), parquet/arrow file(s) as a path, glob or list, or a
+            datasets.Dataset/DatasetDict. None: the embedded shapes (SHAPES_DATASET).
+        config_name: the Hub dataset's configuration (subset).
+        train_split: split to train on.
+        val_split: split to validate on; if the dataset has none, ``val_fraction`` of train is held
+            out (seeded; not possible for Hub streams). None: no validation.
+        test_split: split for ``test``; None: none.
+        val_fraction: share of train held out when ``val_split`` does not exist.
+        image_column: image column; None: the first of image, pixel_values.
+        mask_column: mask column; None: the first of annotation, label, mask, segmentation_mask,
+            semantic_map.
+        num_classes: classes when the dataset names none (they are called class_i); None: as
+            many as labels_file or the dataset's ClassLabel names.
+        labels_file: a JSON of id -> name (ids after reduce_labels) or a list of names; None: the
+            dataset's ClassLabel names.
+        reduce_labels: ADE20K's convention: mask id 0 ("other") becomes 255 (ignored), every
+            other id drops by one.
+        color_map: for RGB masks, colour -> class id, colours as '#rrggbb' or 'r,g,b'; colours
+            not in it become 255. None: an RGB mask is an error.
+        mask_size_mismatch: a mask whose size differs from its image's is resized to it
+            (nearest neighbours, "resize") or stops the run naming the pair ("error").
+        streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of map-style.
+        shuffle_buffer: examples in the streaming shuffle buffer.
+        crop_size: side of the square training crops.
+        base_size: shorter side that training scales by a ratio drawn from scale_range; None:
+            crop_size.
+        scale_range: (low, high) of the random training scale ratio.
+        hflip: probability of a horizontal flip.
+        photometric_distortion: brightness, contrast, saturation and hue jitter as mmseg's
+            PhotoMetricDistortion (image only).
+        eval_size: shorter side of evaluation and predict images (then padded to a multiple of
+            32); None: crop_size.
+        mean: normalisation mean (RGB, 0..1 scale); None: the preprocessor_config's, else the
+            LightningModule's, else ImageNet's.
+        std: normalisation std; None: the preprocessor_config's, else the LightningModule's, else
+            ImageNet's.
+        preprocessor_config: a transformers preprocessor_config.json (or its folder); its
+            image_mean and image_std fill mean and std where those are None.
+        batch_size: examples per batch and process.
+        num_workers: DataLoader worker processes; min(4, CPU count) when None.
+        pin_memory: pin batches in page-locked memory; None: True when CUDA is available.
+        persistent_workers: keep workers alive between epochs; None: True when there are workers.
+        seed: seed of the held-out validation split and of the streaming shuffle.
+        predict_split: split to run ``predict`` on; ids are its row indices.
+        predict_paths: a folder of images or a list of image files to run ``predict`` on; ids
+            are the paths.
+        cache_dir: where ``datasets`` caches downloads and Arrow files; its default cache when None.
+        max_skipped_fraction: a stage's epoch whose share of undecodable pairs exceeds this stops
+            the run with an error naming them; 1.0 never stops.
+        """
+        super().__init__()
+        # an in-memory dataset has no place in a checkpoint: _start records its description
+        self.save_hyperparameters(ignore=["dataset"])
+        self._start(dataset, SHAPES_DATASET, {"mean": mean, "std": std})
+        self._color_map = parse_color_map(color_map)
+
+    # -- what the data is: resolved lazily, without decoding images ----------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.columns.names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.columns.names))
+
+    @property
+    def crop_size(self) -> int:
+        return self.hparams.crop_size
+
+    @property
+    def eval_size(self) -> int:
+        return self.hparams.eval_size or self.hparams.crop_size
+
+    def _load_splits(self) -> Splits:
+        """An ``images/`` + ``masks/`` folder's splits, or as ``datasets`` loads them."""
+        if is_folder_pair(self.dataset):
+            return load_folder_pairs(self.dataset)
+        return super()._load_splits()
+
+    @cached_property
+    def columns(self) -> MaskColumns:
+        """Image and mask columns and the class names."""
+        hp = self.hparams
+        features = self._features("a dataset with an image column and a mask column")
+        image = find_column(features, self.dataset, hp.image_column, "image_column", IMAGE_NAMES)
+        mask = find_column(features, self.dataset, hp.mask_column, "mask_column", MASK_NAMES)
+        names = class_names(features, hp.labels_file, hp.num_classes, self.dataset)
+        return MaskColumns(image, mask, names)
+
+    def _kept_columns(self) -> tuple[list[str | None], list[str]]:
+        images = [self.columns.image, self.columns.mask]
+        return images, images
+
+    # -- decoding and batching ----------------------------------------------------------------
+
+    def _decoder(self, role: str, columns: MaskColumns | None = None) -> PairDecoder:
+        hp = self.hparams
+        options = {
+            "reduce": hp.reduce_labels,
+            "color_map": self._color_map,
+            "mismatch": hp.mask_size_mismatch,
+        }
+        columns = columns or self.columns
+        if role != "train":
+            finish = eval_finish(self.mean, self.std)
+            return PairDecoder(columns, eval_resize(self.eval_size), finish, **options)
+        pipeline = train_pipeline(
+            hp.crop_size,
+            hp.base_size or hp.crop_size,
+            self.mean,
+            self.std,
+            scale_range=tuple(hp.scale_range),
+            hflip=hp.hflip,
+            photometric=hp.photometric_distortion,
+        )
+        return PairDecoder(columns, pipeline, **options)
+
+    def _unlabelled_decoder(self) -> PairDecoder:
+        return self._decoder("predict", MaskColumns("image", None, ()))
+
+    def _collate(self, role: str) -> PairCollate:
+        train = role == "train"
+        return PairCollate(self.crop_size if train else self.eval_size, evaluation=not train)
