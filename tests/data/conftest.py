@@ -141,3 +141,68 @@ def imagefolder(tmp_path) -> Path:
                     folder / f"{i}.png"
                 )
     return tmp_path / "images"
+
+
+# -- segmentation: masks of class ids and images whose colours name the classes ----------------
+
+# class k of a pair is painted CLASS_COLOURS[k]: far apart, none black (padding) or near it
+CLASS_COLOURS = np.array(
+    [[200, 200, 200], [220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 210, 40]], dtype=np.uint8
+)
+
+
+def mask_png(ids: np.ndarray, mode: str = "L", palette: list[int] | None = None) -> bytes:
+    """A PNG of ``ids`` (H, W) as grey levels ("L") or palette indices ("P", with ``palette``,
+    a flat list of RGB values)."""
+    image = PILImage.fromarray(ids.astype(np.uint8), mode="L")
+    if mode == "P":
+        image = image.convert("P")  # "L" -> "P" keeps the values as indices
+        image.putpalette(palette)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def array_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def blocks(seed: int, shape=(32, 32), num_classes: int = 5, block: int = 8) -> np.ndarray:
+    """An (H, W) uint8 mask of random classes in ``block``-pixel squares."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, num_classes, (shape[0] // block + 1, shape[1] // block + 1))
+    return np.kron(cells, np.ones((block, block), dtype=np.int64))[: shape[0], : shape[1]].astype(
+        np.uint8
+    )
+
+
+def pairs(masks, names=("bg", "a", "b", "c", "d"), image="image", mask="annotation") -> Dataset:
+    """Images CLASS_COLOURS[mask] (PNG) and their masks ("L" PNG), with a ClassLabel ``classes``
+    column naming the classes."""
+    features = Features(
+        {image: Image(), mask: Image(), "classes": datasets.List(ClassLabel(names=list(names)))}
+    )
+    return Dataset.from_dict(
+        {
+            image: [{"bytes": array_png(CLASS_COLOURS[m]), "path": None} for m in masks],
+            mask: [{"bytes": mask_png(m), "path": None} for m in masks],
+            "classes": [sorted(set(np.unique(m).tolist())) for m in masks],
+        },
+        features=features,
+    )
+
+
+def classes_of(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) 0..255 colours -> (H, W) the class of the nearest CLASS_COLOURS entry."""
+    distance = ((pixels[..., None, :] - CLASS_COLOURS.astype(np.float64)) ** 2).sum(-1)
+    return distance.argmin(-1)
+
+
+def interior(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose 3x3 neighbourhood holds one class: away from interpolation edges (a crop's
+    border pixels are not: their neighbours across it are unknown)."""
+    padded = np.pad(mask.astype(np.int64), 1, constant_values=-1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3))
+    return (windows == mask[..., None, None]).all(axis=(-1, -2))
