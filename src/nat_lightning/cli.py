@@ -22,6 +22,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE
 from lightning.pytorch.callbacks import (
@@ -36,13 +37,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from . import runs
+from . import runs, task_choice
 from .callbacks.checkpoints import AtomicCheckpointIO, ExceptionCheckpoint, LastCheckpoint
 from .callbacks.prediction_writer import PredictionWriter
 from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
-from .data import HFImageDataModule
-from .tasks import NatClassifier
 
 DEFAULT_ROOT = "runs/nat"
 # Lightning's DDP launcher re-runs this command line in child processes; they inherit rank 0's
@@ -71,40 +70,59 @@ def run_loggers(folder: Path) -> list:
     return loggers
 
 
-def checkpoint_defaults(checkpoint: dict) -> dict:
-    """``model.*`` and ``data.*`` defaults from a checkpoint's saved arguments."""
-    model = {
-        k: v
-        for k, v in (checkpoint.get("hyper_parameters") or {}).items()
-        if k in inspect.signature(NatClassifier).parameters
-    }
-    data = {
-        k: v
-        for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items()
-        if k in inspect.signature(HFImageDataModule).parameters
-    }
-    if isinstance(data.get("dataset"), str) and data["dataset"].startswith("<in-memory"):
-        del data["dataset"]  # an in-memory dataset is recorded by its description only
-    return {
-        **{f"model.{k}": v for k, v in model.items()},
-        **{f"data.{k}": v for k, v in data.items()},
-    }
+def checkpoint_defaults(checkpoint: dict, model_class: str, data_class: str | None) -> dict:
+    """``model`` and ``data`` defaults (class and init arguments) from a checkpoint's saved
+    arguments; only those the chosen classes accept."""
+    defaults = {}
+    for key, saved, class_path in (
+        ("model", checkpoint.get("hyper_parameters"), model_class),
+        ("data", checkpoint.get("datamodule_hyper_parameters"), data_class),
+    ):
+        saved = dict(saved or {})
+        class_path = class_path or saved.get("_class_path")
+        if class_path is None:
+            continue
+        accepted = inspect.signature(task_choice.import_class(class_path)).parameters
+        init_args = {k: v for k, v in saved.items() if k in accepted}
+        if isinstance(init_args.get("dataset"), str) and init_args["dataset"].startswith("<in-memory"):
+            del init_args["dataset"]  # an in-memory dataset is recorded by its description only
+        defaults[key] = {"class_path": class_path, "init_args": init_args}
+    return defaults
 
 
 class NatLightningCLI(LightningCLI):
-    """LightningCLI with run folders, self-contained checkpoints and checkpointing always on."""
+    """LightningCLI with run folders, self-contained checkpoints and checkpointing always on,
+    for any task: the model and data classes are chosen in YAML or on the command line (see
+    nat_lightning.task_choice), NatClassifier and its data by default."""
+
+    def __init__(self, *args, task_args: list[str] | None = None, **kwargs):
+        """``task_args``: the command line the task is read from (default: ``sys.argv``)."""
+        chosen = task_args if task_args is not None else kwargs.get("args") or sys.argv[1:]
+        self._chosen_model, data_class = task_choice.chosen_classes(
+            [str(a) for a in chosen] if isinstance(chosen, list) else []
+        )
+        self._task = task_choice.task_of(self._chosen_model)
+        self._chosen_data = data_class or (self._task.data if self._task else None)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # the best epochs by val/acc1; last.ckpt is LastCheckpoint's, rewritten every epoch
+        defaults = {"model": {"class_path": self._chosen_model}}
+        if self._chosen_data:
+            defaults["data"] = {"class_path": self._chosen_data}
+        parser.set_defaults(defaults)
+        # the best epochs by the task's metric; last.ckpt is LastCheckpoint's, every epoch
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc1",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "epoch{epoch:03d}-acc{val/acc1:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        if self._task is not None:
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": self._task.monitor,
+                    "checkpoint.mode": "max",
+                    "checkpoint.filename": self._task.filename,
+                    "checkpoint.auto_insert_metric_name": False,
+                }
+            )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
@@ -135,7 +153,8 @@ class NatLightningCLI(LightningCLI):
                     "a .ckpt written by fit, or 'last'"
                 )
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        self._subcommand_parsers[subcommand].set_defaults(checkpoint_defaults(checkpoint))
+        defaults = checkpoint_defaults(checkpoint, self._chosen_model, self._chosen_data)
+        self._subcommand_parsers[subcommand].set_defaults(defaults)
         super().parse_arguments(self.parser, self._args)
         self.config[subcommand]["ckpt_path"] = str(path)
 
@@ -233,8 +252,9 @@ def _run(argv: list[str] | None, args: list[str]) -> None:
         return export_main(args[1:])
     try:
         NatLightningCLI(
-            NatClassifier,
-            HFImageDataModule,
+            L.LightningModule,
+            L.LightningDataModule,
+            task_args=args,
             trainer_defaults={"default_root_dir": DEFAULT_ROOT},
             seed_everything_default=42,
             args=argv,  # None reads sys.argv (passing both would warn)
