@@ -11,6 +11,7 @@ from nat_lightning.tasks.optim import (
     param_groups,
     schedule_length,
     warmup_cosine,
+    warmup_poly,
 )
 
 # layer scale on, so that gamma1/gamma2 exist
@@ -153,6 +154,46 @@ def test_warmup_then_cosine_values():
     assert lrs[4] == pytest.approx(0.5)  # peak right after warmup
     assert lrs[9] == pytest.approx(0.5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     assert lrs[14] == pytest.approx(0.5 * 0.1)
+
+
+def test_warmup_then_poly_values():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "lr_scale": 0.5}], lr=2.0)
+    sched = warmup_poly(opt, warmup_steps=3, total_steps=13, min_lr_ratio=0.05, power=2.0)
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0 * 1 / 4) and lrs[2] == pytest.approx(1.0 * 3 / 4)
+    assert lrs[3] == pytest.approx(1.0)  # peak right after warmup
+    # 4 of the 10 decay steps done: 0.05 + 0.95 * (1 - 0.4) ** 2
+    assert lrs[7] == pytest.approx(0.05 + 0.95 * 0.36)
+    assert lrs[13] == pytest.approx(0.05) and lrs[15] == pytest.approx(0.05)  # stays at the end
+
+
+def test_lr_multipliers_by_name_prefix_stack_with_layer_decay():
+    class Segmenter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.decode_head = (
+                Toy(),
+                nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)),
+            )
+
+    model = Segmenter()
+    groups = param_groups(model, 0.01, depths=[2, 2], layer_decay=0.5, lr_mults={"backbone.": 0.1})
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert sorted(by_param) == sorted(id(p) for p in model.parameters())
+    assert by_param[id(model.decode_head[0].weight)]["lr_scale"] == 1.0
+    assert by_param[id(model.decode_head[0].weight)]["weight_decay"] == 0.01
+    assert by_param[id(model.decode_head[1].weight)]["weight_decay"] == 0.0  # BatchNorm
+    assert by_param[id(model.decode_head[0].bias)]["weight_decay"] == 0.0
+    assert by_param[id(model.backbone.head.weight)]["lr_scale"] == pytest.approx(0.1)
+    assert by_param[id(model.backbone.patch_embed.weight)]["lr_scale"] == pytest.approx(
+        0.1 * 0.5**5
+    )
+    assert by_param[id(model.backbone.rpb)]["weight_decay"] == 0.0
 
 
 class FakeTrainer:

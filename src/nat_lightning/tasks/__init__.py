@@ -1,3 +1,4 @@
 from .classifier import NatClassifier
+from .segmenter import NatSegmenter
 
-__all__ = ["NatClassifier"]
+__all__ = ["NatClassifier", "NatSegmenter"]

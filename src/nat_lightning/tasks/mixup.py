@@ -26,10 +26,18 @@ class MixupCutmix:
         for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={value}")
-        for name, value in (("prob", prob), ("switch_prob", switch_prob), ("label_smoothing", label_smoothing)):
+        for name, value in (
+            ("prob", prob),
+            ("switch_prob", switch_prob),
+            ("label_smoothing", label_smoothing),
+        ):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {name}={value}")
-        self.num_classes, self.mixup_alpha, self.cutmix_alpha = num_classes, mixup_alpha, cutmix_alpha
+        self.num_classes, self.mixup_alpha, self.cutmix_alpha = (
+            num_classes,
+            mixup_alpha,
+            cutmix_alpha,
+        )
         self.prob, self.switch_prob, self.label_smoothing = prob, switch_prob, label_smoothing
 
     @property
@@ -47,9 +55,13 @@ class MixupCutmix:
         targets = self.smooth(labels)
         if not self.active or torch.rand(()).item() >= self.prob:
             return images, targets
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or torch.rand(()).item() < self.switch_prob)
+        use_cutmix = self.cutmix_alpha > 0 and (
+            self.mixup_alpha == 0 or torch.rand(()).item() < self.switch_prob
+        )
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(torch.distributions.Beta(alpha, alpha, validate_args=False).sample())  # host RNG, no checks
+        lam = float(
+            torch.distributions.Beta(alpha, alpha, validate_args=False).sample()
+        )  # host RNG, no checks
         flipped = images.flip(0)
         if use_cutmix:
             images, lam = _paste_box(images, flipped, lam)

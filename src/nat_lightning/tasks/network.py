@@ -110,8 +110,10 @@ def read_lightning_checkpoint(path: str) -> dict:
     """A NatClassifier .ckpt (``weights_only``: no pickled code runs)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "model" not in (checkpoint.get("hyper_parameters") or {}) or "state_dict" not in checkpoint:
-        raise ValueError(f"pretrained={path!r} is not a NatClassifier checkpoint: expected "
-                         "hyper_parameters.model and a state_dict, as fit writes them")
+        raise ValueError(
+            f"pretrained={path!r} is not a NatClassifier checkpoint: expected "
+            "hyper_parameters.model and a state_dict, as fit writes them"
+        )
     return checkpoint
 
 
@@ -119,22 +121,34 @@ def from_lightning_checkpoint(path, num_classes, id2label, overrides) -> NatForI
     """The network of a NatClassifier checkpoint; a new head where the classes asked for differ."""
     checkpoint = read_lightning_checkpoint(path)
     config = NatConfig.from_dict(checkpoint["hyper_parameters"]["model"])
-    state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items()
-             if k.startswith("network.")}
+    state = {
+        k.removeprefix("network."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("network.")
+    }
     labels = {}
     if num_classes is not None and num_classes != config.num_labels:
-        labels = {"num_labels": num_classes, "id2label": id2label or {i: str(i) for i in range(num_classes)}}
+        labels = {
+            "num_labels": num_classes,
+            "id2label": id2label or {i: str(i) for i in range(num_classes)},
+        }
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        log.warning("%s: the classification head is newly initialised for num_labels=%d (it has %d)",
-                    path, num_classes, config.num_labels)
+        log.warning(
+            "%s: the classification head is newly initialised for num_labels=%d (it has %d)",
+            path,
+            num_classes,
+            config.num_labels,
+        )
     elif id2label is not None:
         labels = {"id2label": id2label}
     network = NatForImageClassification(config.replace(**labels, **overrides))
     missing, unexpected = network.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (labels.get("num_labels") and k.startswith("head."))]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit its own config: missing {missing[:10]}, "
-                         f"unexpected {unexpected[:10]}")
+        raise ValueError(
+            f"checkpoint {path} does not fit its own config: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}"
+        )
     return network
 
 
@@ -156,7 +170,8 @@ def pretrained_preprocessing(pretrained: str | None) -> dict | None:
         checkpoint = read_lightning_checkpoint(pretrained)
         data = checkpoint.get("datamodule_hyper_parameters") or {}
         recorded = checkpoint["hyper_parameters"].get("preprocessing") or {
-            k: data[k] for k in ("image_size", "crop_pct", "mean", "std") if data.get(k) is not None}
+            k: data[k] for k in ("image_size", "crop_pct", "mean", "std") if data.get(k) is not None
+        }
         return dict(recorded) or None
     from ..data.transforms import config_preprocessing
 

@@ -1,0 +1,312 @@
+"""NatSegmenter: semantic segmentation with UPerNet on NAT/DiNAT as a LightningModule.
+
+It holds the network, the metrics, the inference mode and the optimizer set-up; data belongs to
+the DataModule (HFSegmentationDataModule). What it shares with NatClassifier (classes from the
+data, preprocessing, optimiser groups, the schedule's sizing, finetuning, EMA, the default data)
+is in ``tasks.base.NatTask``. Without ``num_classes`` the classes are the attached datamodule's;
+with no data at all it trains on the embedded shapes.
+
+Batches: ``pixel_values`` (B, 3, H, W), ``labels`` (B, H, W) with 255 for unlabelled pixels;
+evaluation and predict batches are padded (labels 255 there) and carry ``sizes`` and ``content``
+(B, 2): each image's original (h, w) and its resized (h, w) before padding.
+
+Under DDP every rank makes the same collective calls: DDP's gradient all-reduce (and
+SyncBatchNorm's on GPUs), ``val/loss`` gathered when Lightning computes it at the epoch's end,
+and the metrics' counts gathered by ``compute()`` in ``on_*_epoch_end``, which every rank runs
+whether or not it had a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MeanMetric
+
+from ..models import NatConfig, NatForSemanticSegmentation
+from .base import NatTask
+from .inference import slide_logits, tta_scores
+from .network import pretrained_preprocessing
+from .optim import param_groups, warmup_poly
+from .seg_metrics import IGNORE_INDEX, segmentation_metrics
+from .seg_network import HEAD_ARGS, build_segmentation_network, with_classes
+
+PAPER_LR = 6e-5  # the UPerNet recipes' AdamW LR, for fine-tuning pretrained weights
+SCRATCH_LR = 1e-3  # the default without pretrained weights (the embedded shapes' tiny model)
+
+
+class NatSegmenter(NatTask):
+    PREPROCESSING_KEYS = ("mean", "std")  # HFSegmentationDataModule's
+    HEAD_WEIGHT = "network.decode_head.classifier.weight"
+
+    def __init__(
+        self,
+        model: str | NatConfig | dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        num_classes: int | None = None,
+        id2label: dict[int, str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        attention_backend: str = "auto",
+        drop_path_rate: float | None = None,
+        hidden_size: int | None = None,
+        pool_scales: tuple[int, ...] | None = None,
+        use_auxiliary_head: bool | None = None,
+        auxiliary_weight: float | None = None,
+        auxiliary_channels: int | None = None,
+        auxiliary_num_convs: int | None = None,
+        auxiliary_concat_input: bool | None = None,
+        lr: float | None = None,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        backbone_lr_mult: float = 1.0,
+        layer_decay: float | None = None,
+        warmup_epochs: float = 1.0,
+        warmup_steps: int | None = None,
+        min_lr: float = 0.0,
+        poly_power: float = 1.0,
+        rescale_schedule: bool = False,
+        finetune: Literal["full", "linear_probe", "freeze_backbone"] = "full",
+        unfreeze_at_epoch: int = 1,
+        ema_decay: float | None = None,
+        compile: bool = False,
+        sync_batchnorm: bool = True,
+        inference: Literal["whole", "slide"] = "whole",
+        crop_size: int | None = None,
+        stride: int | None = None,
+        scales: list[float] = [1.0],  # noqa: B006 (a CLI default, never mutated)
+        flip: bool = False,
+    ):
+        """Args:
+        model: the backbone: a variant name (``nat_mini``, ``dinat_tiny``, ...), a NatConfig, or
+            its dict. None: the pretrained checkpoint's, else a tiny model for the embedded shapes.
+        pretrained: a transformers UperNet folder or Hub id, or a NatSegmenter ``.ckpt`` (the
+            whole network; a .ckpt starts a new run, unlike ``--ckpt_path``); or a
+            classification checkpoint for the backbone alone: a transformers NAT/DiNAT folder or
+            Hub id, an original SHI-Labs ``.pth`` (with ``model`` as its config) or a
+            NatClassifier ``.ckpt``.
+        num_classes: classes; None: the datamodule's (new classifiers where the checkpoint's
+            differ), or the pretrained UperNet's without a datamodule.
+        id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
+        preprocessing: ``mean`` and ``std`` that the datamodule uses where it sets none itself;
+            None: the pretrained folder's preprocessor_config.json. Fit records the data's.
+        attention_backend: ``auto``, ``torch``, ``natten`` or ``reference`` (see nat_lightning.ops).
+        drop_path_rate: the backbone's stochastic depth rate; None keeps its config's.
+        hidden_size: channels of the decode head; None: the pretrained UperNet's, else 512 (64
+            for the default tiny model). So are the other head sizes below (None: theirs, else
+            UperNetConfig's defaults).
+        pool_scales: output sizes of the decode head's pyramid pooling (1, 2, 3, 6).
+        use_auxiliary_head: train an FCN head on stage 3 as well (True).
+        auxiliary_weight: weight of the auxiliary head's loss (0.4).
+        auxiliary_channels: channels of the auxiliary head (256; 32 for the default tiny model).
+        auxiliary_num_convs: 3x3 conv blocks of the auxiliary head (1).
+        auxiliary_concat_input: auxiliary head: concat its input before the classifier (False).
+        lr: peak learning rate of AdamW; None: PAPER_LR (6e-5) with pretrained weights, else
+            SCRATCH_LR (1e-3).
+        weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
+        betas: AdamW betas.
+        backbone_lr_mult: the backbone's LR relative to the heads' (e.g. 0.1).
+        layer_decay: layer-wise LR decay of the backbone (e.g. 0.9); None disables it.
+        warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
+        warmup_steps: warmup length in optimizer steps (the recipes: 1500); replaces
+            warmup_epochs when given.
+        min_lr: learning rate at the end of the poly schedule.
+        poly_power: power of the poly decay (1.0: linear).
+        rescale_schedule: on resume, size the schedule for this fit's length instead of the one
+            the checkpoint's run was sized for.
+        finetune: ``full``; ``linear_probe`` (backbone frozen); ``freeze_backbone`` until
+            ``unfreeze_at_epoch``.
+        unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
+        ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
+        compile: ``torch.compile`` the network.
+        sync_batchnorm: under several GPU processes, normalise the heads' BatchNorms with the
+            statistics of the global batch (SyncBatchNorm); Trainer(sync_batchnorm=True) is not
+            needed. CPU processes cannot sync them (torch supports GPUs only) and keep their own.
+        inference: ``whole`` image, or ``slide``: windows of ``crop_size`` every ``stride``
+            pixels, their logits averaged where they overlap (mmseg's slide_inference).
+        crop_size: window side for ``slide``; None: the datamodule's crop_size.
+        stride: window step for ``slide``; None: two thirds of crop_size (mmseg's 341 for 512).
+        scales: test-time scales; several, or ``flip``, average the views' softmax.
+        flip: add horizontally flipped views at test time.
+        """
+        super().__init__()
+        given = {
+            "hidden_size": hidden_size,
+            "pool_scales": pool_scales,
+            "use_auxiliary_head": use_auxiliary_head,
+            "auxiliary_weight": auxiliary_weight,
+            "auxiliary_channels": auxiliary_channels,
+            "auxiliary_num_convs": auxiliary_num_convs,
+            "auxiliary_concat_input": auxiliary_concat_input,
+        }
+        head = {HEAD_ARGS[k]: v for k, v in given.items() if v is not None}
+        overrides = {"attention_backend": attention_backend}
+        if drop_path_rate is not None:
+            overrides["drop_path_rate"] = drop_path_rate
+        self.network = build_segmentation_network(
+            model, pretrained, num_classes, id2label, head, overrides
+        )
+        self.save_hyperparameters()
+        self.hparams.lr = lr or (PAPER_LR if pretrained is not None else SCRATCH_LR)
+        self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
+        self._classes_from_data = num_classes is None and id2label is None
+        self._use_network(self.network)
+        self._init_task()
+
+    def _use_network(self, network: NatForSemanticSegmentation) -> None:
+        """Adopt ``network`` and build what depends on its classes; checkpoints carry the
+        resolved config (backbone, heads, classes), not a pointer to the pretrained weights."""
+        config = network.config
+        self.network = network
+        self.id2label = {int(k): str(v) for k, v in config.id2label.items()}
+        self.num_classes = len(self.id2label)
+        self.hparams.update(
+            model=config.backbone.to_dict(),
+            pretrained=None,
+            num_classes=self.num_classes,
+            id2label=self.id2label,
+            preprocessing=self.preprocessing,
+            **{arg: getattr(config, field) for arg, field in HEAD_ARGS.items()},
+        )
+        self.hparams.pool_scales = list(config.pool_scales)
+        metrics = segmentation_metrics(self.id2label)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+
+    def _adopt_classes(self, id2label: dict[int, str]) -> None:
+        self._use_network(with_classes(self.network, id2label))
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The feature extractor: what finetuning freezes."""
+        return self.network.backbone
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Whole-image logits (B, num_classes, H, W)."""
+        return self.network(pixel_values).logits
+
+    def _configure_network(self, data) -> None:
+        """SyncBatchNorm when several GPU processes train (before DDP wraps the model)."""
+        if not (self.hparams.sync_batchnorm and self.trainer.world_size > 1):
+            return
+        plain = any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and not isinstance(m, torch.nn.SyncBatchNorm)
+            for m in self.network.modules()
+        )
+        if not plain:
+            return
+        if self.trainer.strategy.root_device.type == "cpu":
+            rank_zero_warn(
+                "sync_batchnorm: SyncBatchNorm runs on GPUs only, so each CPU process normalises "
+                "the heads' BatchNorms with the statistics of its own batch"
+            )
+            return
+        self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def infer(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Scores (B, K, H, W) by the inference mode: whole-image or sliding-window logits, or,
+        with several scales or flip, the log of the views' mean softmax (see tta_scores)."""
+        if self.hparams.inference == "slide":
+            crop, stride = self._window()
+
+            def single(x):
+                return slide_logits(self, x, (crop, crop), (stride, stride))
+        else:
+            single = self
+        return tta_scores(single, pixel_values, self.hparams.scales, self.hparams.flip)
+
+    def _window(self) -> tuple[int, int]:
+        data = self._trainer.datamodule if self._trainer is not None else None
+        crop = self.hparams.crop_size or getattr(data, "crop_size", None)
+        if crop is None:
+            raise ValueError(
+                "inference='slide' needs a window: set crop_size (no datamodule gives one)"
+            )
+        return crop, self.hparams.stride or max(1, crop * 2 // 3)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _training_loss(self, batch):
+        out = self.network(batch["pixel_values"], batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return out.loss
+
+    def _evaluate(self, stage: str, batch) -> None:
+        """Logs the loss on every rank and batch, a batch of undecodable images included, so
+        that every rank gathers the same at the epoch's end."""
+        images, labels = batch["pixel_values"], batch["labels"]
+        labelled = (labels != IGNORE_INDEX).sum()
+        if len(images):
+            scores = self.infer(images)
+            loss = F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            getattr(self, f"{stage}_metrics").update(scores.argmax(1), labels)
+        else:
+            loss = labelled.float()  # 0
+        # a mean over the labelled pixels of all ranks, weighted exactly
+        self.losses[stage].update(loss / labelled.clamp(min=1), weight=labelled)
+        self.log(
+            f"{stage}/loss", self.losses[stage], prog_bar=stage == "val", batch_size=len(images)
+        )
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()  # every rank: gathers every rank's counts
+        # equal on all ranks: "max" is the value, and logging it as synced keeps Lightning quiet
+        miou = values.pop(f"{stage}/miou")
+        self.log(f"{stage}/miou", miou, prog_bar=stage == "val", sync_dist=True, reduce_fx="max")
+        self.log_dict(values, sync_dist=True, reduce_fx="max")
+        metrics.reset()
+
+    def predict_step(self, batch, batch_idx):
+        """Label maps of every decoded image at its original size, and an error for every input
+        that could not be decoded (``decoded`` False).
+
+        Returns ``ids`` (every input, in order), ``errors`` (None or a reason per id) and
+        ``masks``: one (h, w) tensor of class ids per id without an error, in order (uint8 up
+        to 256 classes, else int32). Each image's scores are cropped to its ``content``,
+        resized bilinearly to its ``sizes`` (as mmseg resizes logits), then arg-maxed.
+        """
+        images = batch["pixel_values"]
+        ids = batch.get("ids", list(range(len(images))))
+        decoded = batch.get("decoded", [True] * len(ids))
+        dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+        masks = []
+        if len(images):
+            scores = self.infer(images)
+            full = torch.tensor([images.shape[-2:]] * len(images))
+            content, sizes = batch.get("content", full), batch.get("sizes", full)
+            for score, (ch, cw), (h, w) in zip(scores, content.tolist(), sizes.tolist()):
+                score = score[None, :, :ch, :cw]
+                if (h, w) != (ch, cw):
+                    score = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)
+                masks.append(score[0].argmax(0).to(dtype).cpu())
+        return {
+            "ids": ids,
+            "errors": [None if ok else "undecodable image" for ok in decoded],
+            "masks": masks,
+        }
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def _param_groups(self) -> list[dict]:
+        hp = self.hparams
+        mults = {"backbone.": hp.backbone_lr_mult} if hp.backbone_lr_mult != 1.0 else None
+        depths = self.network.config.backbone.depths
+        return param_groups(self.network, hp.weight_decay, depths, hp.layer_decay, mults)
+
+    def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
+        hp = self.hparams
+        return warmup_poly(optimizer, warmup_steps, total_steps, hp.min_lr / hp.lr, hp.poly_power)
+
+    # -- the embedded default data, used only when no data at all is given --------------------
+
+    def _default_datamodule(self):
+        """The embedded shapes, when fit gets no data at all."""
+        from ..data.shapes import shapes_datamodule
+
+        return shapes_datamodule()
