@@ -86,7 +86,7 @@ def chosen_classes(args: list[str]) -> tuple[str, str | None]:
         elif flag == "--data":
             data = _class_in(_option(value)) or data
         elif flag == "--ckpt_path" and Path(value).is_file():
-            ckpt_model = _checkpoint_class(value)
+            ckpt_model = checkpoint_class(value)
     return model or ckpt_model or DEFAULT_TASK.model, data
 
 
@@ -125,7 +125,7 @@ def _class_in(section) -> str | None:
     return section if isinstance(section, str) else None
 
 
-def _checkpoint_class(path: str) -> str | None:
+def checkpoint_class(path: str) -> str | None:
     """The class a checkpoint's CLI recorded, else the task whose arguments fit its saved ones
     (``Trainer.fit(NatSegmenter())`` records no class path)."""
     try:

@@ -1,0 +1,50 @@
+"""task_choice: which LightningModule and data module a command line picks, before parsing."""
+
+import pytest
+import torch
+
+from nat_lightning.task_choice import TASKS, chosen_classes, import_class, task_of
+
+CLASSIFY = ("nat_lightning.NatClassifier", None)
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_classifier_without_any_choice():
+    assert chosen_classes(["fit", "--trainer.max_epochs", "1"]) == CLASSIFY
+    assert chosen_classes(["fit", "--config", "configs/quickstart.yaml"]) == CLASSIFY
+
+
+def test_yaml_then_command_line_later_wins(tmp_path):
+    seg = write(tmp_path / "seg.yaml", "model:\n  class_path: nat_lightning.NatSegmenter\n"
+                "data:\n  class_path: my.Data\n")
+    assert chosen_classes(["fit", "--config", seg]) == ("nat_lightning.NatSegmenter", "my.Data")
+    assert chosen_classes(["fit", "--config", seg, "--model", "NatClassifier"])[0] == "NatClassifier"
+    assert chosen_classes(["fit", "--model=NatSegmenter", "--model.lr", "1"])[0] == "NatSegmenter"
+    assert chosen_classes(["fit", "--model", "{class_path: NatSegmenter}"])[0] == "NatSegmenter"
+
+
+def test_a_checkpoint_names_its_class_unless_the_command_line_does(tmp_path):
+    recorded = tmp_path / "cli.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": "nat_lightning.NatSegmenter", "lr": 1.0}}, recorded)
+    assert chosen_classes(["validate", "--ckpt_path", str(recorded)])[0] == "nat_lightning.NatSegmenter"
+    assert chosen_classes(["validate", "--ckpt_path", str(recorded), "--model", "NatClassifier"])[0] == "NatClassifier"
+    # Trainer.fit(NatSegmenter()) records no class path: its arguments tell
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"hyper_parameters": {"inference": "slide", "auxiliary_weight": 0.4}}, bare)
+    assert chosen_classes(["validate", "--ckpt_path", str(bare)])[0] == "nat_lightning.NatSegmenter"
+    torch.save({"hyper_parameters": {"label_smoothing": 0.1}}, bare)
+    assert chosen_classes(["validate", "--ckpt_path", str(bare)]) == CLASSIFY
+
+
+def test_tasks_bring_their_data_and_metric():
+    assert task_of("NatSegmenter").data == "nat_lightning.HFSegmentationDataModule"
+    assert task_of("nat_lightning.tasks.classifier.NatClassifier").monitor == "val/acc1"
+    assert task_of("lightning.pytorch.demos.boring_classes.BoringModel") is None
+    for task in TASKS:
+        import_class(task.model), import_class(task.data)
+    with pytest.raises(ValueError, match="model class 'NoSuchTask' cannot be imported"):
+        task_of("NoSuchTask")
