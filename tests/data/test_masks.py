@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from datasets import ClassLabel, Features, Image, List, Value
+from datasets import ClassLabel, Features, Image, List
 from PIL import Image as PILImage
 
 from nat_lightning.data.images import decode_image
@@ -103,8 +103,9 @@ def test_class_names_from_a_labels_file_the_features_or_a_count(tmp_path):
         class_names(plain, str(bad), None, "d")
     with pytest.raises(ValueError, match="cannot be read as JSON"):
         class_names(plain, str(tmp_path / "missing.json"), None, "d")
-    ints = Features({"image": Image(), "label": Value("int64")})
-    assert class_names(ints, None, 2, "d") == ("class_0", "class_1")
+    # an image-level ClassLabel (scene_parse_150's scene_category) does not name mask classes
+    scenes = Features({"image": Image(), "scene_category": ClassLabel(names=["a", "b", "c"])})
+    assert class_names(scenes, None, 2, "d") == ("class_0", "class_1")
 
 
 def test_a_mismatched_mask_is_resized_with_nearest_neighbours_or_refused():

@@ -52,15 +52,14 @@ def find_column(
     return check_image_column(features, dataset, given, field)
 
 
-def find_class_label(features) -> ClassLabel | None:
-    """The first ClassLabel among the features, also inside lists (e.g. the classes present)."""
-    values = features.values() if isinstance(features, Mapping) else [features]
-    for feature in values:
-        if isinstance(feature, ClassLabel):
-            return feature
+def find_class_label(features: Features) -> ClassLabel | None:
+    """The ClassLabel of the first list column of them (the classes a mask holds, as the
+    embedded shapes store them). A ClassLabel of a plain column labels the whole image (e.g.
+    scene_parse_150's scene_category), not the pixels, and names nothing here."""
+    for feature in features.values():
         inner = getattr(feature, "feature", None)  # Sequence, List, LargeList
-        if inner is not None and (found := find_class_label(inner)) is not None:
-            return found
+        if isinstance(inner, ClassLabel):
+            return inner
     return None
 
 

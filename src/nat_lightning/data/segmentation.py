@@ -51,7 +51,8 @@ class HFSegmentationDataModule(HFDataModule):
     HFImageDataModule (same base): evaluation reads every example exactly once over the ranks.
 
     ``num_classes`` and ``id2label`` are known right after ``__init__``: from ``labels_file``,
-    else the dataset's ClassLabel feature, else ``num_classes`` (named ``class_i``).
+    else the ClassLabel of a list column (the classes each mask holds), else ``num_classes``
+    (named ``class_i``).
 
     Preprocessing (``mean``, ``std``): the argument, else the ``preprocessor_config`` file, else
     the LightningModule's ``preprocessing`` (read in ``setup``), else ImageNet's; see
@@ -111,9 +112,9 @@ class HFSegmentationDataModule(HFDataModule):
         mask_column: mask column; None: the first of annotation, label, mask, segmentation_mask,
             semantic_map.
         num_classes: classes when the dataset names none (they are called class_i); None: as
-            many as labels_file or the dataset's ClassLabel names.
+            many as labels_file or the dataset's (see above).
         labels_file: a JSON of id -> name (ids after reduce_labels) or a list of names; None: the
-            dataset's ClassLabel names.
+            dataset's (see above).
         reduce_labels: ADE20K's convention: mask id 0 ("other") becomes 255 (ignored), every
             other id drops by one.
         color_map: for RGB masks, colour -> class id, colours as '#rrggbb' or 'r,g,b'; colours
