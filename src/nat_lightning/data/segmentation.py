@@ -112,9 +112,9 @@ class HFSegmentationDataModule(HFDataModule):
         mask_column: mask column; None: the first of annotation, label, mask, segmentation_mask,
             semantic_map.
         num_classes: classes when the dataset names none (they are called class_i); None: as
-            many as labels_file or the dataset's (see above).
+            many as labels_file or the dataset names.
         labels_file: a JSON of id -> name (ids after reduce_labels) or a list of names; None: the
-            dataset's (see above).
+            names of the dataset's ClassLabel list column (the classes each mask holds).
         reduce_labels: ADE20K's convention: mask id 0 ("other") becomes 255 (ignored), every
             other id drops by one.
         color_map: for RGB masks, colour -> class id, colours as '#rrggbb' or 'r,g,b'; colours
