@@ -319,3 +319,14 @@ def test_a_run_reports_corrupt_pairs_and_stops_past_max_skipped_fraction():
     strict = HFSegmentationDataModule(data, max_skipped_fraction=0.2, **PLAIN)
     with pytest.raises(ValueError, match=r"2 of 8 images in train .*'row 2', 'row 5'"):
         quiet_trainer(callbacks=[SkippedImagesReport()]).fit(Probe(), datamodule=strict)
+
+
+def test_without_a_validation_split_a_seeded_share_of_train_is_held_out():
+    dm = HFSegmentationDataModule(pairs(MASKS), val_fraction=0.3, **PLAIN)
+    assert {role: split.size for role, split in dm.splits.items()} == {"train": 7, "val": 3}
+    dm.setup("fit")
+    train, val = masks_seen(dm.train_dataloader()), masks_seen(dm.val_dataloader())
+    assert sorted(train + val) == sorted(m.tobytes() for m in MASKS)
+    again = HFSegmentationDataModule(pairs(MASKS), val_fraction=0.3, **PLAIN)
+    again.setup("fit")
+    assert masks_seen(again.val_dataloader()) == val
