@@ -256,3 +256,18 @@ def test_a_segmenter_checkpoint_gives_the_whole_network_with_new_classes(tmp_pat
         NatSegmenter.load_from_checkpoint(
             tmp_path / "seg.ckpt", num_classes=2, id2label=None, weights_only=True
         )
+
+
+def test_linear_probe_and_ema_are_the_shared_callbacks():
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from nat_lightning.callbacks.finetuning import BackboneFreeze
+
+    callbacks = tiny(num_classes=3, finetune="linear_probe", ema_decay=0.9).configure_callbacks()
+    (freeze,) = [c for c in callbacks if isinstance(c, BackboneFreeze)]
+    assert freeze.unfreeze_at_epoch is None  # never thawed
+    assert any(isinstance(c, EMAWeightAveraging) for c in callbacks)
+    assert not any(
+        isinstance(c, (BackboneFreeze, EMAWeightAveraging))
+        for c in tiny(num_classes=3).configure_callbacks()
+    )
