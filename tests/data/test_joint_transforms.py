@@ -2,11 +2,17 @@
 colours name the classes, so after any transform the class read back from each pixel's colour
 must equal the mask, away from the edges that interpolation blends."""
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 
-from nat_lightning.data.joint_transforms import eval_finish, eval_resize, train_pipeline
+from nat_lightning.data.joint_transforms import (
+    BalancedCrop,
+    eval_finish,
+    eval_resize,
+    train_pipeline,
+)
 from nat_lightning.data.transforms import reseed
 
 from .conftest import CLASS_COLOURS, blocks, classes_of, interior
@@ -91,3 +97,24 @@ def test_masks_are_resized_with_nearest_neighbours_only(seed):
     assert set(out["mask"].unique().tolist()) <= {0, 4, 255}  # no blend such as 1, 2 or 3
     resized = eval_resize(50)(image=CLASS_COLOURS[mask], mask=mask)
     assert set(np.unique(resized["mask"]).tolist()) == {0, 4}
+
+
+@pytest.mark.parametrize("cat_max_ratio", [0.75, 1.0])
+def test_crops_are_drawn_again_while_one_class_dominates(cat_max_ratio):
+    # 16 x 64: class 1 in the last 8 columns. A 16 x 16 crop at x (0..48, uniform) is balanced
+    # (class 1 on 5..8 of its 16 columns, the rest class 0, so no class >= 0.75) for x in 45..48
+    mask = np.zeros((16, 64), dtype=np.uint8)
+    mask[:, 56:] = 1
+    crop = BalancedCrop(16, 16, cat_max_ratio)
+    balanced = 0
+    for seed in range(300):
+        torch.manual_seed(seed)
+        pipeline = A.Compose([crop])
+        reseed(pipeline)
+        out = pipeline(image=CLASS_COLOURS[mask], mask=mask)
+        np.testing.assert_array_equal(classes_of(out["image"].astype(np.float64)), out["mask"])
+        balanced += out["mask"].mean() >= 5 / 16
+    p_once = 4 / 49
+    tries = 10 if cat_max_ratio < 1 else 1
+    expected = 1 - (1 - p_once) ** tries  # 0.574 with 10 tries, 0.082 with one
+    assert abs(balanced / 300 - expected) < 0.09

@@ -2,8 +2,9 @@
 
 mmsegmentation's ADE20K recipe: training rescales the shorter side to ``base_size`` times a
 random ratio in ``scale_range`` (bilinear for the image, nearest for the mask, as every mask
-resize here), pads to the crop (image 0, mask IGNORE), takes a random crop, flips, distorts the
-photometry of the image only (mmseg's PhotoMetricDistortion) and normalises. Evaluation resizes
+resize here), pads to the crop (image 0, mask IGNORE), takes a random crop (drawn again, up to
+10 times, while one class covers ``cat_max_ratio`` of it), flips, distorts the photometry of the
+image only (mmseg's PhotoMetricDistortion) and normalises. Evaluation resizes
 the shorter side to ``eval_size``, keeping the aspect, then pads to a multiple of 32 (mask IGNORE).
 Every pipeline takes ``image`` (H, W, 3) uint8 and ``mask`` (H, W) ids, and returns a (3, H, W)
 float32 tensor and an (H, W) tensor of ids.
@@ -13,11 +14,34 @@ from __future__ import annotations
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from .masks import IGNORE
 
 PAD_DIVISOR = 32  # evaluation sizes divide by NAT's total stride
+CROP_TRIES = 10  # mmseg's tries for a crop that no class dominates
+
+
+class BalancedCrop(A.RandomCrop):
+    """mmseg's RandomCrop with ``cat_max_ratio``: up to CROP_TRIES random crops, keeping the
+    first in which more than one class (IGNORE aside) shows and none covers ``cat_max_ratio`` or
+    more of the labelled pixels; else the last one. ``cat_max_ratio=1`` takes the first."""
+
+    def __init__(self, height: int, width: int, cat_max_ratio: float = 0.75, p: float = 1.0):
+        super().__init__(height=height, width=width, p=p)
+        self.cat_max_ratio = cat_max_ratio
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        mask = data.get("mask")
+        for _ in range(CROP_TRIES if mask is not None and self.cat_max_ratio < 1 else 1):
+            crop = super().get_params_dependent_on_data(params, data)
+            x_min, y_min, x_max, y_max = crop["crop_coords"]
+            ids, counts = np.unique(mask[y_min:y_max, x_min:x_max], return_counts=True)
+            counts = counts[ids != IGNORE]
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        return crop
 
 
 def photometric_distortion() -> list[A.BasicTransform]:
@@ -58,8 +82,10 @@ def train_pipeline(
     scale_range: tuple[float, float] = (0.5, 2.0),
     hflip: float = 0.5,
     photometric: bool = True,
+    cat_max_ratio: float = 0.75,
 ) -> A.Compose:
-    """Random scale, pad to the crop, random crop, flip, photometric distortion, normalise."""
+    """Random scale, pad to the crop, random crop (see BalancedCrop), flip, photometric
+    distortion, normalise."""
     low, high = (max(1, round(base_size * s)) for s in scale_range)
     steps = [
         # a list of sizes: one drawn per call, so the ratio is uniform in scale_range
@@ -69,7 +95,7 @@ def train_pipeline(
             mask_interpolation=cv2.INTER_NEAREST,
         ),
         pad(min_size=crop_size),
-        A.RandomCrop(height=crop_size, width=crop_size),
+        BalancedCrop(crop_size, crop_size, cat_max_ratio),
     ]
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))

@@ -37,6 +37,7 @@ SEGMENTATION_RANGES = {  # argument -> (is it valid, what is expected)
     "base_size": (lambda v: v is None or v >= 1, ">= 1 or None"),
     "eval_size": (lambda v: v is None or v >= 1, ">= 1 or None"),
     "scale_range": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "(low, high), 0 < low <= high"),
+    "cat_max_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "num_classes": (lambda v: v is None or 1 <= v <= 255, "in 1..255 (255 is ignored) or None"),
     "mask_size_mismatch": (lambda v: v in ("resize", "error"), "'resize' or 'error'"),
@@ -82,6 +83,7 @@ class HFSegmentationDataModule(HFDataModule):
         crop_size: int = 512,
         base_size: int | None = None,
         scale_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
         hflip: float = 0.5,
         photometric_distortion: bool = True,
         eval_size: int | None = None,
@@ -127,6 +129,8 @@ class HFSegmentationDataModule(HFDataModule):
         base_size: shorter side that training scales by a ratio drawn from scale_range; None:
             crop_size.
         scale_range: (low, high) of the random training scale ratio.
+        cat_max_ratio: a training crop is drawn again (up to 10 times, as mmseg) while one class
+            covers this share of its labelled pixels or more; 1.0: never.
         hflip: probability of a horizontal flip.
         photometric_distortion: brightness, contrast, saturation and hue jitter as mmseg's
             PhotoMetricDistortion (image only).
@@ -215,6 +219,7 @@ class HFSegmentationDataModule(HFDataModule):
             scale_range=tuple(hp.scale_range),
             hflip=hp.hflip,
             photometric=hp.photometric_distortion,
+            cat_max_ratio=hp.cat_max_ratio,
         )
         return PairDecoder(columns, pipeline, **options)
 
