@@ -58,19 +58,8 @@ def build_segmentation_network(
     num_classes, id2label = _labels(num_classes, id2label)
     source = None if pretrained is None else str(pretrained)
     if source is not None and source.endswith(".ckpt"):
-        checkpoint = read_lightning_checkpoint(source)
-        if any(k.startswith("network.decode_head.") for k in checkpoint["state_dict"]):
-            return _from_segmenter_checkpoint(
-                checkpoint, source, model, num_classes, id2label, head, backbone_overrides
-            )
-        backbone = NatConfig.from_dict(checkpoint["hyper_parameters"]["model"])
-        weights = {
-            k.removeprefix("network."): v
-            for k, v in checkpoint["state_dict"].items()
-            if k.startswith("network.")
-        }
-        return _on_backbone(
-            weights, source, model, backbone, num_classes, id2label, head, backbone_overrides
+        return _from_lightning_checkpoint(
+            source, model, num_classes, id2label, head, backbone_overrides
         )
     if source is not None and not source.endswith((".pth", ".pt")):
         folder = resolve_pretrained(source)
@@ -103,6 +92,22 @@ def segmentation_config(
         num_classes, id2label = len(DEFAULT_ID2LABEL), DEFAULT_ID2LABEL
     id2label = id2label or {i: str(i) for i in range(num_classes)}
     return UperNetConfig(backbone=backbone, num_labels=num_classes, id2label=id2label, **head)
+
+
+def _from_lightning_checkpoint(source, model, num_classes, id2label, head, overrides):
+    """A NatSegmenter checkpoint's whole network, or a NatClassifier checkpoint's backbone."""
+    checkpoint = read_lightning_checkpoint(source)
+    if any(k.startswith("network.decode_head.") for k in checkpoint["state_dict"]):
+        return _from_segmenter_checkpoint(
+            checkpoint, source, model, num_classes, id2label, head, overrides
+        )
+    backbone = NatConfig.from_dict(checkpoint["hyper_parameters"]["model"])
+    weights = {
+        k.removeprefix("network."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("network.")
+    }
+    return _on_backbone(weights, source, model, backbone, num_classes, id2label, head, overrides)
 
 
 def _on_backbone(weights, source, model, backbone, num_classes, id2label, head, overrides):

@@ -158,11 +158,12 @@ class NatSegmenter(NatTask):
         """Adopt ``network`` and build what depends on its classes; checkpoints carry the
         resolved config (backbone, heads, classes), not a pointer to the pretrained weights."""
         config = network.config
+        family = "Nat" if config.backbone.model_type == "nat" else "Dinat"
         self.network = network
         self.id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.num_classes = len(self.id2label)
         self.hparams.update(
-            model=config.backbone.to_dict(),
+            model=config.backbone.to_dict(architectures=[f"{family}Backbone"]),
             pretrained=None,
             num_classes=self.num_classes,
             id2label=self.id2label,
