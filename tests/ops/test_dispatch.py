@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nat_lightning.ops import na2d, na2d_reference, select_backend
+from nat_lightning.ops.fused import fused_unavailable
 
 HAS_NATTEN = importlib.util.find_spec("natten") is not None
 
@@ -23,10 +24,14 @@ def test_backends_agree_on_cpu(backend):
 
 
 def test_auto_never_picks_natten_on_cpu():
+    """On the CPU auto takes the fused kernel where it is built, else the torch kernels; fp64
+    always the torch kernels (the fused kernel computes in fp32)."""
     q = torch.randn(1, 8, 8, 2, 8)
-    assert select_backend("auto", q, None) == "torch"
+    expected = "torch" if fused_unavailable(q) else "fused"
+    assert select_backend("auto", q, None) == expected
     with torch.no_grad():
-        assert select_backend("auto", q, None) == "torch"
+        assert select_backend("auto", q, None) == expected
+    assert select_backend("auto", q.double(), None) == "torch"
 
 
 @pytest.mark.skipif(not HAS_NATTEN, reason="natten not installed")

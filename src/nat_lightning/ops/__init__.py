@@ -3,11 +3,15 @@
 Backends:
 - ``"torch"``: :func:`na2d_torch`, pure PyTorch, any device, forward and backward, rpb, dilation:
   the row kernel (:mod:`.rows`) where it applies, the tiled kernel (:mod:`.tiled`) elsewhere.
+- ``"fused"``: :func:`na2d_fused`, a C++/OpenMP CPU kernel built on first use (:mod:`.build`,
+  ``csrc/``); fp32, bf16 and fp16, forward and backward, rpb, dilation; no attention weights.
 - ``"natten"``: NATTEN >= 0.21, only where it can run the call fully (no rpb; backward on CUDA).
 - ``"flex"``: :func:`na2d_flex`, FlexAttention with a window block mask and an rpb
   ``score_mod``; for GPUs (compiled); forward-only on the CPU. Never picked by ``auto``.
 - ``"reference"``: :func:`na2d_reference`, the brute-force oracle used by the tests.
-- ``"auto"``: NATTEN on CUDA where it can serve the call, otherwise ``"torch"``.
+- ``"auto"``: NATTEN on CUDA where it can serve the call; on the CPU ``"fused"`` where it is built
+  and serves the call; otherwise ``"torch"``. ``backend="torch"`` (the models' config key
+  ``attention_backend``) or ``NAT_LIGHTNING_FUSED=0`` turns the fused kernel off.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import torch
 
 from .checks import check_na2d_args
 from .flex import na2d_flex
+from .fused import fused_unavailable, na2d_fused
 from .natten_adapter import na2d_natten, natten_unavailable
 from .reference import na2d_reference
 from .rows import na2d_torch
 from .tiled import na2d_tiled
 
-BACKENDS = ("auto", "torch", "natten", "flex", "reference")
+BACKENDS = ("auto", "torch", "fused", "natten", "flex", "reference")
 
 
 def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool = False) -> str:
@@ -39,6 +44,12 @@ def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool 
         if needs_grad and query.device.type == "cpu":
             raise ValueError("backend='flex' cannot serve this call: FlexAttention has no backward on the CPU")
         return "flex"
+    if backend == "fused" or (backend == "auto" and query.device.type == "cpu"):
+        reason = fused_unavailable(query, return_weights)
+        if backend == "fused" and reason is not None:
+            raise ValueError(f"backend='fused' cannot serve this call: {reason}")
+        if reason is None:
+            return "fused"
     reason = natten_unavailable(query, rpb, return_weights, needs_grad)
     if backend == "natten":
         if reason is not None:
@@ -72,6 +83,8 @@ def na2d(
         return na2d_natten(query, key, value, kernel_size, dilation, scale)
     if name == "flex":
         return na2d_flex(query, key, value, kernel_size, dilation, rpb, scale)
+    if name == "fused":
+        return na2d_fused(query, key, value, kernel_size, dilation, rpb, scale)
     impl = na2d_reference if name == "reference" else na2d_torch
     return impl(query, key, value, kernel_size, dilation, rpb, scale, return_weights=return_weights)
 
@@ -88,14 +101,17 @@ def na2d_qkv(
     """:func:`na2d` on a fused projection's output ``(batch, height, width, 3, heads, head_dim)``.
 
     The same result as ``na2d(*qkv.unbind(3), ...)``; the torch backend then returns one packed
-    gradient for ``qkv`` instead of three that autograd stacks.
+    gradient for ``qkv`` instead of three that autograd stacks, and so does the fused backend.
     """
     if qkv.dim() != 6 or qkv.shape[3] != 3:
         raise ValueError(f"qkv must be (batch, height, width, 3, heads, head_dim), got qkv.shape={tuple(qkv.shape)}")
-    query, key, value = qkv.unbind(3)  # both paths below check the arguments
-    if select_backend(backend, query, rpb, return_weights) == "torch":
+    query, key, value = qkv.unbind(3)  # the paths below check the arguments
+    name = select_backend(backend, query, rpb, return_weights)
+    if name == "torch":
         return na2d_torch(query, key, value, kernel_size, dilation, rpb, scale, return_weights, qkv=qkv)
+    if name == "fused":
+        return na2d_fused(query, key, value, kernel_size, dilation, rpb, scale, qkv=qkv)
     return na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, return_weights)
 
 
-__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_natten", "na2d_qkv", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]
+__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_fused", "na2d_natten", "na2d_qkv", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]

@@ -350,11 +350,16 @@ def _row_attention_backward(
     return grad_qkv, grad_rpb if want_rpb else grad_qkv.new_empty(0)
 
 
-@_row_attention_backward.register_fake
-def _(grad_out, output, q, keys, values, probs, rpb, kernel_size, scale, tile, want_rpb):
+def backward_fakes(grad_out: torch.Tensor, rpb: torch.Tensor | None, want_rpb: bool):
+    """What a backward op returns, as fakes: ``(grad_qkv (B, H, W, 3, heads, D), grad_rpb)``."""
     b, h, w, heads, dim = grad_out.shape
     grad_rpb = rpb.new_empty(rpb.shape) if want_rpb else grad_out.new_empty(0)
     return grad_out.new_empty(b, h, w, 3, heads, dim), grad_rpb
+
+
+@_row_attention_backward.register_fake
+def _(grad_out, output, q, keys, values, probs, rpb, kernel_size, scale, tile, want_rpb):
+    return backward_fakes(grad_out, rpb, want_rpb)
 
 
 def _no_double_backward(ctx, *grads):

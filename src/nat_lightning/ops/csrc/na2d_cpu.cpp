@@ -1,0 +1,354 @@
+// Fused 2-D neighborhood attention on the CPU: forward and backward, rpb, dilation, any odd
+// kernel size and head_dim, strided (e.g. packed qkv) fp32 / bf16 / fp16 inputs, fp32 inside.
+//
+// Threads split the (batch, head) pairs; each pair is computed whole by one thread, its key and
+// value gradients included, in a fixed order: the results are bitwise the same on every run and
+// for every thread count. The layout and inner loops are in na2d_blocks.h. Built just in time by
+// nat_lightning/ops/build.py; the Python op around it is nat_lightning/ops/fused.py.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <optional>
+#include <tuple>
+
+#include "na2d_blocks.h"
+
+namespace na2d {
+namespace {
+
+// One dilation group: rows gi, gi+d, ... and columns gj, gj+d, ... of the map attend among
+// themselves as a dilation-1 problem of (H, W) = the group's (rows, columns).
+struct Geometry {
+  int gi, gj, H, W, D, k, Wp;
+  float scale;
+  Axis rows, cols;
+  std::vector<Block> blocks;
+  long plane() const { return static_cast<long>(H) * D * Wp; }
+  long row(int i) const { return static_cast<long>(i) * D * Wp; }
+};
+
+std::vector<Geometry> groups(const at::Tensor& q, int64_t k, int64_t d, double scale) {
+  std::vector<Geometry> out;
+  for (int gi = 0; gi < d; ++gi)
+    for (int gj = 0; gj < d; ++gj) {
+      int H = (q.size(1) - gi + d - 1) / d, W = (q.size(2) - gj + d - 1) / d;
+      Geometry g{gi, gj, H, W, static_cast<int>(q.size(4)), static_cast<int>(k), W + L, static_cast<float>(scale),
+                 Axis{H, static_cast<int>(k)}, Axis{W, static_cast<int>(k)}, {}};
+      g.blocks = column_blocks(g.cols);
+      out.push_back(std::move(g));
+    }
+  return out;
+}
+
+template <typename T>
+struct Map {  // a strided (B, H, W, heads, D) tensor
+  T* data;
+  int64_t s[5];
+  T& at(int b, int i, int j, int h, int c) const { return data[b * s[0] + i * s[1] + j * s[2] + h * s[3] + c * s[4]]; }
+};
+
+template <typename T>
+Map<T> map_of(const at::Tensor& t) {
+  Map<T> m{t.data_ptr<T>(), {}};
+  for (int i = 0; i < 5; ++i) m.s[i] = t.stride(i);
+  return m;
+}
+
+template <typename T>
+Map<T> group_of(const Map<T>& m, const Geometry& g, int d) {  // rows gi::d, columns gj::d
+  Map<T> out{m.data + g.gi * m.s[1] + g.gj * m.s[2], {m.s[0], m.s[1] * d, m.s[2] * d, m.s[3], m.s[4]}};
+  return out;
+}
+
+template <typename T>
+void pack(const Map<T>& m, int b, int h, const Geometry& g, float mul, float* dst) {
+  std::fill(dst, dst + g.plane(), 0.0f);
+  for (int i = 0; i < g.H; ++i)
+    for (int j = 0; j < g.W; ++j)
+      for (int c = 0; c < g.D; ++c) dst[g.row(i) + static_cast<long>(c) * g.Wp + j] = mul * static_cast<float>(m.at(b, i, j, h, c));
+}
+
+template <typename T>
+void unpack(const float* src, const Geometry& g, int b, int h, const Map<T>& m) {
+  for (int i = 0; i < g.H; ++i)
+    for (int j = 0; j < g.W; ++j)
+      for (int c = 0; c < g.D; ++c) m.at(b, i, j, h, c) = static_cast<T>(src[g.row(i) + static_cast<long>(c) * g.Wp + j]);
+}
+
+struct Scratch {  // one thread's buffers
+  std::vector<float> q, k, v, dout, dk, dv, delta, s, dp, acc, lanes, bk, bv, xt;
+  std::vector<Src> sk, sv, dk_dst, dv_dst;
+  Scratch(const Geometry& g, bool backward) {
+    for (auto* x : {&q, &k, &v}) x->resize(g.plane());
+    s.resize(g.k * g.k * L);
+    acc.resize(g.D * L);
+    for (auto* x : {&sk, &sv, &dk_dst, &dv_dst}) x->resize(g.k);
+    if (!backward) return;
+    for (auto* x : {&dout, &dk, &dv}) x->resize(g.plane());
+    delta.resize(static_cast<long>(g.H) * g.Wp);
+    dp.resize(g.k * g.k * L);
+    lanes.resize((2 * g.k - 1) * g.k * L);
+    for (auto* x : {&bk, &bv}) x->resize(2L * g.H * g.k * g.D);
+    xt.resize(L * g.D);
+  }
+};
+
+// Where the k window rows of query row i lie in map x for the block's lanes.
+void window(const Geometry& g, float* x, int i, const Block& blk, Src* src) {
+  for (int a = 0; a < g.k; ++a) {
+    float* row = x + g.row(g.rows.start(i) + a);
+    src[a] = blk.interior ? Src{row + blk.j0 - g.k / 2, 1, g.Wp, false} : Src{row + blk.start, 1, g.Wp, true};
+  }
+}
+
+// Border blocks: their lanes share one window, so their key (value) gradient is, per window
+// row a and neighbour b, a sum over the lanes of w[a*k+b] * x, (D). It is kept in acc, (H, k, D)
+// per side of the map, and added to the gradient map by finish_border.
+void border_outer_add(const Geometry& g, float* acc, int i, const Block& blk, const float* w, const float* x, float* xt) {
+  int D = g.D;
+  for (int l = 0; l < blk.n; ++l)
+    for (int c = 0; c < D; ++c) xt[l * D + c] = x[static_cast<long>(c) * g.Wp + l];
+  for (int a = 0; a < g.k; ++a) {
+    float* row = acc + static_cast<long>(g.rows.start(i) + a) * g.k * D;
+    for (int b = 0; b < g.k; ++b) {
+      const float* wb = w + (a * g.k + b) * L;
+      float* o = row + b * D;
+      for (int l = 0; l < blk.n; ++l) {
+        float wl = wb[l];
+        const float* xl = xt + l * D;
+        for (int c = 0; c < D; ++c) o[c] += wl * xl[c];
+      }
+    }
+  }
+}
+
+void finish_border(const Geometry& g, const float* acc, float* dst) {
+  for (int side = 0; side < 2; ++side) {
+    int start = side == 0 ? 0 : g.W - g.k;
+    const float* a = acc + static_cast<long>(side) * g.H * g.k * g.D;
+    for (int r = 0; r < g.H; ++r)
+      for (int b = 0; b < g.k; ++b)
+        for (int c = 0; c < g.D; ++c) dst[g.row(r) + static_cast<long>(c) * g.Wp + start + b] += a[(static_cast<long>(r) * g.k + b) * g.D + c];
+  }
+}
+
+void add_bias(const Geometry& g, const float* rpb, int i, const Block& blk, float* s) {
+  int k = g.k, n2 = 2 * k - 1;
+  for (int a = 0; a < k; ++a) {
+    const float* row = rpb + g.rows.bias(i, a) * n2;
+    for (int b = 0; b < k; ++b) {
+      float* sb = s + (a * k + b) * L;
+      if (blk.interior) {
+        simd::store(sb, simd::add(simd::load(sb), simd::set1(row[k / 2 + b])));
+      } else {
+        for (int l = 0; l < L; ++l) sb[l] += row[blk.bias[b * L + l]];
+      }
+    }
+  }
+}
+
+// rpb gradient: interior blocks add into per-lane sums (lanes, (2k-1, k, L)), border ones into grad.
+void add_bias_grad(const Geometry& g, int i, const Block& blk, const float* ds, float* lanes, float* grad) {
+  int k = g.k, n2 = 2 * k - 1;
+  for (int a = 0; a < k; ++a) {
+    int bh = g.rows.bias(i, a);
+    for (int b = 0; b < k; ++b) {
+      const float* d = ds + (a * k + b) * L;
+      if (blk.interior) {
+        float* acc = lanes + (bh * k + b) * L;
+        simd::store(acc, simd::add(simd::load(acc), simd::load(d)));
+      } else {
+        for (int l = 0; l < blk.n; ++l) grad[bh * n2 + blk.bias[b * L + l]] += d[l];
+      }
+    }
+  }
+}
+
+// Logits of query row i's block, biased, softmaxed into w.s (lanes >= n zero).
+void probabilities(const Geometry& g, const float* rpb, int i, const Block& blk, Scratch& w) {
+  window(g, w.k.data(), i, blk, w.sk.data());
+  window(g, w.v.data(), i, blk, w.sv.data());
+  dot_rows(w.q.data() + g.row(i) + blk.j0, g.Wp, w.sk.data(), g.k, g.D, w.s.data());
+  if (rpb != nullptr) add_bias(g, rpb, i, blk, w.s.data());
+  softmax(w.s.data(), g.k * g.k, blk.n);
+}
+
+template <typename T>
+void store_lanes(const Geometry& g, const float* acc, int b, int i, const Block& blk, int h, const Map<T>& m) {
+  for (int l = 0; l < blk.n; ++l)
+    for (int c = 0; c < g.D; ++c) m.at(b, i, blk.j0 + l, h, c) = static_cast<T>(acc[c * L + l]);
+}
+
+template <typename T>
+void forward_head(const Geometry& g, const Map<T>* qkv, const float* rpb, const Map<T>& out, int b, int h, Scratch& w) {
+  pack(qkv[0], b, h, g, g.scale, w.q.data());
+  pack(qkv[1], b, h, g, 1.0f, w.k.data());
+  pack(qkv[2], b, h, g, 1.0f, w.v.data());
+  for (int i = 0; i < g.H; ++i)
+    for (const Block& blk : g.blocks) {
+      probabilities(g, rpb, i, blk, w);
+      weighted_sum(w.s.data(), w.sv.data(), g.k, g.D, 1.0f, w.acc.data());
+      store_lanes(g, w.acc.data(), b, i, blk, h, out);
+    }
+}
+
+template <typename T>
+void prepare_backward(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, const Map<T>& out, int b, int h, Scratch& w) {
+  pack(qkv[0], b, h, g, g.scale, w.q.data());
+  pack(qkv[1], b, h, g, 1.0f, w.k.data());
+  pack(qkv[2], b, h, g, 1.0f, w.v.data());
+  pack(gout, b, h, g, 1.0f, w.dout.data());
+  std::fill(w.dk.begin(), w.dk.end(), 0.0f);
+  std::fill(w.dv.begin(), w.dv.end(), 0.0f);
+  for (auto* x : {&w.lanes, &w.bk, &w.bv}) std::fill(x->begin(), x->end(), 0.0f);
+  std::fill(w.delta.begin(), w.delta.end(), 0.0f);
+  for (int i = 0; i < g.H; ++i)  // rowsum(dP * P) = rowsum(dO * O)
+    for (int j = 0; j < g.W; ++j) {
+      float sum = 0.0f;
+      for (int c = 0; c < g.D; ++c) sum += static_cast<float>(gout.at(b, i, j, h, c)) * static_cast<float>(out.at(b, i, j, h, c));
+      w.delta[static_cast<long>(i) * g.Wp + j] = sum;
+    }
+}
+
+// One block of query row i: dQ into grads[0]; dK, dV into w.dk, w.dv; the rpb gradient.
+template <typename T>
+void backward_block(const Geometry& g, const float* rpb, float* grad_rpb, int b, int h, int i, const Block& blk,
+                    const Map<T>* grads, Scratch& w) {
+  int kk = g.k * g.k;
+  probabilities(g, rpb, i, blk, w);
+  const float* x = w.q.data() + g.row(i) + blk.j0;
+  const float* xo = w.dout.data() + g.row(i) + blk.j0;
+  dot_rows(xo, g.Wp, w.sv.data(), g.k, g.D, w.dp.data());  // dP
+  vf delta = simd::load(w.delta.data() + static_cast<long>(i) * g.Wp + blk.j0);
+  for (int t = 0; t < kk; ++t) {  // dS = P * (dP - delta), in place of dP
+    float* d = w.dp.data() + t * L;
+    simd::store(d, simd::mul(simd::load(w.s.data() + t * L), simd::sub(simd::load(d), delta)));
+  }
+  if (grad_rpb != nullptr) add_bias_grad(g, i, blk, w.dp.data(), w.lanes.data(), grad_rpb);
+  weighted_sum(w.dp.data(), w.sk.data(), g.k, g.D, g.scale, w.acc.data());
+  store_lanes(g, w.acc.data(), b, i, blk, h, grads[0]);
+  if (blk.interior) {  // q is pre-scaled: dK = scale * dS q
+    window(g, w.dk.data(), i, blk, w.dk_dst.data());
+    window(g, w.dv.data(), i, blk, w.dv_dst.data());
+    outer_add(w.dp.data(), x, g.Wp, w.dk_dst.data(), g.k, g.D);
+    outer_add(w.s.data(), xo, g.Wp, w.dv_dst.data(), g.k, g.D);
+  } else {
+    long side = blk.start == 0 ? 0 : static_cast<long>(g.H) * g.k * g.D;
+    border_outer_add(g, w.bk.data() + side, i, blk, w.dp.data(), x, w.xt.data());
+    border_outer_add(g, w.bv.data() + side, i, blk, w.s.data(), xo, w.xt.data());
+  }
+}
+
+template <typename T>
+void backward_head(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, const Map<T>& out, const float* rpb,
+                   const Map<T>* grads, float* grad_rpb, int b, int h, Scratch& w) {
+  prepare_backward(g, qkv, gout, out, b, h, w);
+  for (int i = 0; i < g.H; ++i)
+    for (const Block& blk : g.blocks) backward_block(g, rpb, grad_rpb, b, h, i, blk, grads, w);
+  finish_border(g, w.bk.data(), w.dk.data());
+  finish_border(g, w.bv.data(), w.dv.data());
+  unpack(w.dk.data(), g, b, h, grads[1]);
+  unpack(w.dv.data(), g, b, h, grads[2]);
+  if (grad_rpb == nullptr) return;
+  int k = g.k, n2 = 2 * k - 1;
+  for (int bh = 0; bh < n2; ++bh)
+    for (int bc = 0; bc < k; ++bc) {
+      const float* acc = w.lanes.data() + (bh * k + bc) * L;
+      float sum = 0.0f;
+      for (int l = 0; l < L; ++l) sum += acc[l];
+      grad_rpb[bh * n2 + k / 2 + bc] += sum;
+    }
+}
+
+template <typename F>
+void by_dtype(at::ScalarType t, F f) {
+  if (t == at::kFloat) {
+    f(float{});
+  } else if (t == at::kBFloat16) {
+    f(c10::BFloat16{});
+  } else if (t == at::kHalf) {
+    f(c10::Half{});
+  } else {
+    TORCH_CHECK(false, "na2d fused kernel: dtype must be float32, bfloat16 or float16, got ", t);
+  }
+}
+
+const float* rpb_data(const std::optional<at::Tensor>& rpb) {
+  if (!rpb.has_value()) return nullptr;
+  TORCH_CHECK(rpb->scalar_type() == at::kFloat && rpb->is_contiguous(), "na2d fused kernel: rpb must be contiguous float32");
+  return rpb->data_ptr<float>();
+}
+
+void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  for (const auto* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->dim() == 5 && t->device().is_cpu() && t->sizes() == q.sizes() && t->scalar_type() == q.scalar_type(),
+                "na2d fused kernel: query, key and value must be CPU tensors of one shape (B, H, W, heads, D) and dtype");
+  }
+}
+
+}  // namespace
+
+at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& rpb,
+                   int64_t kernel_size, int64_t dilation, double scale) {
+  check(q, k, v);
+  std::vector<Geometry> gs = groups(q, kernel_size, dilation, scale);
+  const float* bias = rpb_data(rpb);
+  int heads = q.size(3), n2 = 2 * kernel_size - 1, d = dilation;
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  by_dtype(q.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    Map<T> qkv[3] = {map_of<T>(q), map_of<T>(k), map_of<T>(v)}, o = map_of<T>(out);
+    at::parallel_for(0, q.size(0) * heads, 1, [&](int64_t begin, int64_t end) {
+      Scratch w(gs[0], false);  // group (0, 0) is the largest
+      for (int64_t t = begin; t < end; ++t)
+        for (const Geometry& g : gs) {
+          Map<T> in[3] = {group_of(qkv[0], g, d), group_of(qkv[1], g, d), group_of(qkv[2], g, d)};
+          const float* hb = bias == nullptr ? nullptr : bias + t % heads * n2 * n2;
+          forward_head<T>(g, in, hb, group_of(o, g, d), t / heads, t % heads, w);
+        }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& q,
+                                            const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& rpb,
+                                            int64_t kernel_size, int64_t dilation, double scale, bool want_rpb) {
+  check(q, k, v);
+  check(q, grad_out, out);
+  std::vector<Geometry> gs = groups(q, kernel_size, dilation, scale);
+  const float* bias = rpb_data(rpb);
+  TORCH_CHECK(!want_rpb || bias != nullptr, "na2d fused kernel: want_rpb needs rpb");
+  int64_t batch = q.size(0), heads = q.size(3), n2 = 2 * kernel_size - 1, d = dilation;
+  at::Tensor grad_qkv = at::empty({batch, q.size(1), q.size(2), 3, heads, q.size(4)}, q.options());
+  at::Tensor partial = at::zeros({want_rpb ? batch : 0, heads, n2, n2}, q.options().dtype(at::kFloat));
+  by_dtype(q.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    Map<T> qkv[3] = {map_of<T>(q), map_of<T>(k), map_of<T>(v)};
+    Map<T> grads[3] = {map_of<T>(grad_qkv.select(3, 0)), map_of<T>(grad_qkv.select(3, 1)), map_of<T>(grad_qkv.select(3, 2))};
+    Map<T> go = map_of<T>(grad_out), o = map_of<T>(out);
+    at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+      Scratch w(gs[0], true);
+      for (int64_t t = begin; t < end; ++t)
+        for (const Geometry& g : gs) {
+          Map<T> in[3] = {group_of(qkv[0], g, d), group_of(qkv[1], g, d), group_of(qkv[2], g, d)};
+          Map<T> gr[3] = {group_of(grads[0], g, d), group_of(grads[1], g, d), group_of(grads[2], g, d)};
+          const float* hb = bias == nullptr ? nullptr : bias + t % heads * n2 * n2;
+          float* grad_rpb = want_rpb ? partial.data_ptr<float>() + t * n2 * n2 : nullptr;
+          backward_head<T>(g, in, group_of(go, g, d), group_of(o, g, d), hb, gr, grad_rpb, t / heads, t % heads, w);
+        }
+    });
+  });
+  at::Tensor grad_rpb = at::zeros({want_rpb ? heads : 0, n2, n2}, partial.options());
+  for (int64_t b = 0; b < (want_rpb ? batch : 0); ++b) grad_rpb.add_(partial[b]);  // in batch order: deterministic
+  return {grad_qkv, grad_rpb};
+}
+
+}  // namespace na2d
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &na2d::forward, "fused na2d forward: out");
+  m.def("backward", &na2d::backward, "fused na2d backward: (grad_qkv packed (B, H, W, 3, heads, D), grad_rpb fp32)");
+  m.attr("isa") = simd::kIsa;
+  m.attr("lanes") = simd::L;
+}
