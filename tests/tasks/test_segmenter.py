@@ -271,3 +271,28 @@ def test_linear_probe_and_ema_are_the_shared_callbacks():
         isinstance(c, (BackboneFreeze, EMAWeightAveraging))
         for c in tiny(num_classes=3).configure_callbacks()
     )
+
+
+@pytest.mark.slow
+def test_two_processes_validate_as_one(tmp_path):
+    """DDP (gloo) splits the validation images between the ranks; the metrics' counts are
+    gathered, so the split's mIoU, per-class IoU, pixel accuracy and loss equal one process's."""
+    import signal
+
+    torch.manual_seed(0)
+    model = tiny()
+    data = shapes_datamodule(batch_size=7)  # 80 images: uneven batches on each rank
+
+    def validate(devices, **kwargs):
+        t = trainer(tmp_path, devices=devices, limit_val_batches=None, **kwargs)
+        return t.validate(model, datamodule=data, verbose=False)[0]
+
+    one = validate(1)
+    signal.alarm(240)
+    try:
+        two = validate(2, strategy="ddp_spawn")
+    finally:
+        signal.alarm(0)
+    assert set(one) == set(two) and "val/iou/square" in one
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
