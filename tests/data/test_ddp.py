@@ -16,13 +16,15 @@ TIMEOUT_S = 180
 def run_ddp(tmp_path, *args: str) -> tuple[int, str]:
     """``python -m tests.data.ddp_run tmp_path *args``: its exit status and output; a failure
     when it runs past TIMEOUT_S (a hang)."""
-    return run_module("tests.data.ddp_run", str(tmp_path), *args, timeout=TIMEOUT_S,
-                      env=offline_env(tmp_path))
+    return run_module(
+        "tests.data.ddp_run", str(tmp_path), *args, timeout=TIMEOUT_S, env=offline_env(tmp_path)
+    )
 
 
 @pytest.mark.slow
-def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path):
-    returncode, output = run_ddp(tmp_path)
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_streaming_ddp_reads_each_example_once_per_epoch(tmp_path, task):
+    returncode, output = run_ddp(tmp_path, *([task] if task == "segmentation" else []))
     assert returncode == 0, output[-3000:]
 
     orders = []
