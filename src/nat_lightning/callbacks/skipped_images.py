@@ -1,8 +1,8 @@
 """Report images that could not be decoded: Lightning has no hook or metric for data it never saw.
 
-HFImageDataModule drops undecodable images in its collate function and tallies, per trainer
-stage, the examples read, the undecodable ones and the first few of those by name
-(``datamodule.tallies``). At each epoch end this callback sums the counts over all ranks, logs
+HFImageDataModule and HFSegmentationDataModule drop undecodable images (a segmentation pair when
+its image or its mask is) in their collate functions and tally, per trainer stage, the examples
+read, the undecodable ones and the first few of those by name (``datamodule.tallies``). At each epoch end this callback sums the counts over all ranks, logs
 ``data/skipped_<stage>`` (train, validate, test), warns on rank zero when some were skipped, stops
 the run when more than the data module's ``max_skipped_fraction`` of them were, and resets them.
 
