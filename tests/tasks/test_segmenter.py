@@ -296,3 +296,16 @@ def test_two_processes_validate_as_one(tmp_path):
     assert set(one) == set(two) and "val/iou/square" in one
     for key, value in one.items():
         assert two[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+
+
+def test_training_flops_are_counted_once_for_the_throughput_monitor():
+    model = tiny(num_classes=3)
+    model.on_train_batch_start({"pixel_values": torch.zeros(0, 3, 32, 32)}, 0)  # nothing decoded
+    assert model.flops_per_batch is None
+    model.on_train_batch_start({"pixel_values": torch.zeros(2, 3, 32, 32)}, 0)
+    small = model.flops_per_batch
+    model.on_train_batch_start({"pixel_values": torch.zeros(2, 3, 64, 64)}, 1)
+    assert model.flops_per_batch == small  # measured on the first batch only
+    model.flops_per_batch = None
+    model.on_train_batch_start({"pixel_values": torch.zeros(4, 3, 32, 32)}, 2)
+    assert model.flops_per_batch == 2 * small  # linear in the batch

@@ -8,21 +8,23 @@
 - the callbacks: skipped-image reports, RNG state, backbone freezing (BackboneFreeze) and EMA
   (Lightning's EMAWeightAveraging);
 - batches of undecodable images only, skipped in training;
+- the FLOPs of a training batch (``flops_per_batch``), for ImageThroughputMonitor;
 - the embedded default data, used when fit gets no data at all.
 
 A subclass builds ``self.network`` and sets ``self.id2label``, ``self.num_classes``,
 ``self.preprocessing`` and ``self._classes_from_data`` in its ``__init__`` (then calls
 ``_init_task``), and defines ``backbone``, ``_adopt_classes``, ``_training_loss``, ``_evaluate``,
-``_log_epoch_metrics``, ``_param_groups``, ``_lr_scheduler`` and ``_default_datamodule``. Its
-hyperparameters include those NatClassifier documents for the shared parts: lr, weight_decay,
-betas, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune, unfreeze_at_epoch,
-ema_decay and compile.
+``_log_epoch_metrics``, ``_param_groups``, ``_lr_scheduler``, ``_training_flops`` and
+``_default_datamodule``. Its hyperparameters include those NatClassifier documents for the
+shared parts: lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, rescale_schedule,
+finetune, unfreeze_at_epoch, ema_decay and compile.
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -42,6 +44,7 @@ class NatTask(L.LightningModule):
         self._fallback_data = None
         self._resumed_schedule: tuple[int, int] | None = None
         self.schedule: tuple[int, int] | None = None  # (warmup, total) steps of the current fit
+        self.flops_per_batch: int | None = None  # read by ImageThroughputMonitor
 
     # -- the classes and preprocessing of the attached data ------------------------------------
 
@@ -85,6 +88,10 @@ class NatTask(L.LightningModule):
                 for k, v in ((k, getattr(data, k)) for k in keys)
             }
             self.hparams["preprocessing"] = self.preprocessing
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.flops_per_batch is None and len(batch["pixel_values"]):
+            self.flops_per_batch = self._training_flops(tuple(batch["pixel_values"].shape))
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -199,6 +206,15 @@ class NatTask(L.LightningModule):
     def val_dataloader(self):
         # fit(model, train_dataloaders=x) without validation data validates on nothing
         return self._default_data().val_dataloader() if self._uses_fallback_data() else []
+
+
+def meta_training_flops(network_class, config, shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward+backward of ``network_class(config)`` on images of ``shape``,
+    counted on the meta device (no compute)."""
+    with torch.device("meta"):
+        network = network_class(config)
+        images = torch.empty(shape)
+    return measure_flops(network, lambda: network(images).logits, loss_fn=torch.Tensor.sum)
 
 
 def check_classes(model: dict[int, str], data: dict[int, str], stage: str) -> None:

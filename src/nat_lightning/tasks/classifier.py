@@ -23,13 +23,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.throughput import measure_flops
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..models import NatConfig, NatForImageClassification
-from .base import NatTask
+from .base import NatTask, meta_training_flops
 from .mixup import MixupCutmix
 from .network import build_network, pretrained_preprocessing, with_classes
 from .optim import param_groups, warmup_cosine
@@ -117,7 +116,6 @@ class NatClassifier(NatTask):
         self._classes_from_data = num_classes is None and id2label is None
         self._use_network(self.network)
         self._init_task()
-        self.flops_per_batch: int | None = None
 
     def _use_network(self, network: NatForImageClassification) -> None:
         """Adopt ``network`` and build what depends on its classes; checkpoints carry the
@@ -193,13 +191,8 @@ class NatClassifier(NatTask):
             size = data.image_size
             self.example_input_array = {"pixel_values": torch.zeros(1, 3, size, size)}
 
-    def on_train_batch_start(self, batch, batch_idx):
-        if self.flops_per_batch is None and len(
-            batch["pixel_values"]
-        ):  # read by ImageThroughputMonitor
-            self.flops_per_batch = measure_training_flops(
-                self.network.config, tuple(batch["pixel_values"].shape)
-            )
+    def _training_flops(self, shape: tuple[int, ...]) -> int:
+        return measure_training_flops(self.network.config, shape)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -313,7 +306,6 @@ class NatClassifier(NatTask):
 
 def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:
     """FLOPs of one forward+backward at ``shape``, counted on the meta device (no compute)."""
-    with torch.device("meta"):
-        network = NatForImageClassification(config.replace(attention_backend="torch"))
-        images = torch.empty(shape)
-    return measure_flops(network, lambda: network(images).logits, loss_fn=torch.Tensor.sum)
+    return meta_training_flops(
+        NatForImageClassification, config.replace(attention_backend="torch"), shape
+    )

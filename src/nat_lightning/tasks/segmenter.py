@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from ..models import NatConfig, NatForSemanticSegmentation
-from .base import NatTask
+from .base import NatTask, meta_training_flops
 from .inference import slide_logits, tta_scores
 from .network import pretrained_preprocessing
 from .optim import param_groups, warmup_poly
@@ -206,6 +206,11 @@ class NatSegmenter(NatTask):
             )
             return
         self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+
+    def _training_flops(self, shape: tuple[int, ...]) -> int:
+        config = self.network.config
+        config = config.replace(backbone=config.backbone.replace(attention_backend="torch"))
+        return meta_training_flops(NatForSemanticSegmentation, config, shape)
 
     # -- inference -----------------------------------------------------------------------------
 
