@@ -116,3 +116,31 @@ def test_predict_writes_a_mask_per_input_through_the_trainer(tmp_path):
         mask = np.array(Image.open(tmp_path / "masks" / row["file"]))
         assert mask.shape == (64, 64) and mask.max() < 5
         assert Image.open(tmp_path / "masks" / row["overlay"]).size == (64, 64)
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_index_in_input_order(tmp_path):
+    import signal
+
+    config = NatConfig(
+        embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], kernel_size=3, mlp_ratio=1.0
+    )
+    model = NatSegmenter(model=config, hidden_size=16, auxiliary_channels=8)
+    data = shapes_datamodule(predict_split="validation", batch_size=3)  # 80 inputs: 40 a rank
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[MaskWriter()],
+    )
+    signal.alarm(240)
+    try:
+        trainer.predict(model, datamodule=data, return_predictions=False)
+    finally:
+        signal.alarm(0)
+    rows = read_index(tmp_path / "masks" / "index.csv")
+    assert [r["id"] for r in rows] == [str(i) for i in range(80)]
+    assert all((tmp_path / "masks" / r["file"]).is_file() and r["error"] == "" for r in rows)
