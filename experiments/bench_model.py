@@ -3,7 +3,11 @@
     python experiments/bench_model.py                 # ~15 min on 2 cores
     python experiments/bench_model.py --steps 4 --repeats 1   # a quick look
     python experiments/bench_model.py --sweep 4,8,16,32       # train img/s against batch size, plot
+    python experiments/bench_model.py --backends torch,fused --no-lightning   # both CPU kernels
+    python experiments/bench_model.py --model dinat_mini --backends torch,fused --no-lightning
 
+NAT's attention backend is ``auto`` (on the CPU the fused C++ kernel where it builds, see
+nat_lightning.ops) unless ``--backends`` names others; each is measured in turn with Swin.
 Every measurement runs in its own subprocess, NAT and Swin alternating, so both see the same
 machine state. Swin-T is timm's ``swin_tiny_patch4_window7_224``; timm needs torchvision, which
 cannot live beside the project's CPU torch, so it runs from a separate virtual environment that
@@ -138,6 +142,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the allocator warms up over ~2)")
     p.add_argument("--repeats", type=int, default=3, help="alternating NAT/Swin measurements per mode")
     p.add_argument("--backend", default="auto", help="NAT attention backend")
+    p.add_argument("--backends", help="comma-separated NAT backends measured in turn (e.g. torch,fused)")
+    p.add_argument("--model", default="nat_mini", help="the NAT variant against Swin-T (e.g. dinat_mini)")
     p.add_argument("--no-lightning", action="store_true")
     p.add_argument("--sweep", help="comma-separated batch sizes: training img/s of both models, and a plot")
     a = p.parse_args()
@@ -150,43 +156,49 @@ def main():
     timm_python = str(ensure_timm_venv())
     if a.sweep:
         return sweep([int(b) for b in a.sweep.split(",")], a, timm_python)
-    common = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", a.backend]
+    common = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    backends = a.backends.split(",") if a.backends else [a.backend]
     results: dict[tuple[str, str], list[float]] = {}
     for mode in ("train", "infer"):
         for _ in range(a.repeats):
-            for name, python in (("nat_mini", sys.executable), ("swin_t", timm_python)):
-                r = run_worker(python, name, mode, *common)
-                results.setdefault((name, mode), []).append(r["img_s"])
-                print(f"  {name:10s} {mode:5s} {r['img_s']:.2f} img/s ({r['params_m']:.1f}M params, torch {r['torch']})",
-                      flush=True)
+            runs = [(a.model, backend, sys.executable) for backend in backends] + [("swin_t", "-", timm_python)]
+            for name, backend, python in runs:
+                r = run_worker(python, name, mode, *common, "--backend", backend if backend != "-" else "auto")
+                results.setdefault((name, backend, mode), []).append(r["img_s"])
+                print(f"  {name:10s} {backend:6s} {mode:5s} {r['img_s']:.2f} img/s ({r['params_m']:.1f}M params, "
+                      f"torch {r['torch']})", flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"\n| batch {a.batch}, 224 px, fp32 | backend | {a.model} img/s | Swin-T img/s | NAT / Swin |")
+    print("|---|---|---:|---:|---:|")
+    for mode in ("train", "infer"):
+        for backend in backends:
+            n, s = med[(a.model, backend, mode)], med[("swin_t", "-", mode)]
+            print(f"| {mode} | {backend} | {n:.2f} | {s:.2f} | {n / s:.2f}x |")
     if not a.no_lightning:
+        lightning: dict[str, list[float]] = {}
         for _ in range(a.repeats):
             for mode in ("train", "lightning"):
-                r = run_worker(sys.executable, "nat_mini", mode, *common)
-                results.setdefault(("nat_mini", "plain" if mode == "train" else mode), []).append(r["img_s"])
+                r = run_worker(sys.executable, "nat_mini", mode, *common, "--backend", a.backend)
+                lightning.setdefault(mode, []).append(r["img_s"])
                 print(f"  nat_mini   {mode:9s} {r['img_s']:.2f} img/s", flush=True)
-    med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\n| batch {a.batch}, 224 px, fp32 | NAT-Mini img/s | Swin-T img/s | NAT / Swin |")
-    print("|---|---:|---:|---:|")
-    for mode in ("train", "infer"):
-        n, s = med[("nat_mini", mode)], med[("swin_t", mode)]
-        print(f"| {mode} | {n:.2f} | {s:.2f} | {n / s:.2f}x |")
-    if not a.no_lightning:
-        plain, light = med[("nat_mini", "plain")], med[("nat_mini", "lightning")]
+        plain, light = statistics.median(lightning["train"]), statistics.median(lightning["lightning"])
         print(f"\nLightning Trainer vs plain loop (NAT-Mini train): {light:.2f} vs {plain:.2f} img/s = {light / plain:.3f}")
 
 
 def sweep(batches: list[int], a, timm_python: str):
     """Training images/s against batch size, NAT-Mini and Swin-T alternating; writes model_batch.png."""
-    results: dict[str, list[float]] = {"nat_mini": [], "swin_t": []}
+    results: dict[str, list[float]] = {"nat_mini": [], "swin_t": []}  # "nat_mini": the --model variant
     for batch in batches:
         common = ["--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", a.backend]
-        for name, python in (("nat_mini", sys.executable), ("swin_t", timm_python)):
-            runs = [run_worker(python, name, "train", *common)["img_s"] for _ in range(a.repeats)]
-            results[name].append(statistics.median(runs))
-        print(f"  batch {batch}: NAT-Mini {results['nat_mini'][-1]:.2f} img/s, Swin-T {results['swin_t'][-1]:.2f}",
+        runs: dict[str, list[float]] = {"nat_mini": [], "swin_t": []}
+        for _ in range(a.repeats):  # alternating
+            for key, name, python in (("nat_mini", a.model, sys.executable), ("swin_t", "swin_t", timm_python)):
+                runs[key].append(run_worker(python, name, "train", *common)["img_s"])
+        for key, values in results.items():
+            values.append(statistics.median(runs[key]))
+        print(f"  batch {batch}: {a.model} {results['nat_mini'][-1]:.2f} img/s, Swin-T {results['swin_t'][-1]:.2f}",
               flush=True)
-    print("\n| batch | NAT-Mini img/s | Swin-T img/s | NAT / Swin |")
+    print(f"\n| batch | {a.model} ({a.backend}) img/s | Swin-T img/s | NAT / Swin |")
     print("|---:|---:|---:|---:|")
     for i, batch in enumerate(batches):
         n, s = results["nat_mini"][i], results["swin_t"][i]

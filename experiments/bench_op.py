@@ -1,14 +1,20 @@
-"""Neighborhood attention op on CPU: the torch backend against a naive gather, and memory
-against full self-attention.
+"""Neighborhood attention op on CPU: the fused C++ kernel and the torch backend against a naive
+gather, and memory against full self-attention.
 
-    python experiments/bench_op.py            # full run (~4 min on 2 cores), writes op_*.png
+    python experiments/bench_op.py            # full run (~5 min on 2 cores), writes op_*.png
     python experiments/bench_op.py --quick    # fewer repeats
+    python experiments/bench_op.py --fused    # only the fused-vs-torch ratios (~1 min)
+
+Fused vs torch: at NAT-Mini's stage 1-3 shapes (batch 16, k=7, rpb, packed qkv as the model
+calls it), forward (no_grad) and forward+backward, the two backends alternating call by call in
+one process, medians; effective GFLOP/s (forward 4*B*heads*H*W*k^2*D, forward+backward three
+times that) against the machine's measured fp32 matmul GFLOP/s (a 2048^3 torch.mm, all threads).
 
 Time: forward+backward with rpb, median of repeats after one warm-up, same process, same inputs.
 "Naive gather" is nat_lightning.ops.na2d_reference: it gathers each query's k*k keys and values
 into a (B, H, W, k, k, heads, D) tensor and runs einsums; its backward scatters them back.
-"torch backend" is what ``backend="torch"`` (and ``auto`` off CUDA) runs: the row kernel,
-ops/rows.py. "tiled" is the previous kernel, ops/tiled.py, still the fallback for attention
+"torch backend" is what ``backend="torch"`` runs: the row kernel, ops/rows.py. "fused" is
+``backend="fused"`` (``auto`` on the CPU where it is built): ops/csrc, ops/fused.py. "tiled" is the previous kernel, ops/tiled.py, still the fallback for attention
 weights and dilations that do not divide the map.
 Memory: peak resident memory growth during one forward+backward, each case in a fresh
 subprocess (VmHWM reset through /proc/self/clear_refs), inputs excluded.
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from nat_lightning.ops import na2d_reference, na2d_tiled, na2d_torch
+from nat_lightning.ops import na2d_fused, na2d_qkv, na2d_reference, na2d_tiled, na2d_torch
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {  # name: (batch, side, heads, head_dim), kernel 7, as in NAT-Mini at 224 px
@@ -44,8 +50,13 @@ def full_attention(q, k, v, kernel_size, dilation, rpb):
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, h, w, heads, d)
 
 
-IMPLS = {"naive gather": na2d_reference, "torch backend": na2d_torch, "tiled": na2d_tiled,
+IMPLS = {"naive gather": na2d_reference, "torch backend": na2d_torch, "fused": na2d_fused, "tiled": na2d_tiled,
          "full self-attention": full_attention}
+STAGES = {  # name: (batch, side, heads, head_dim), k=7: NAT-Mini at 224 px, batch 16
+    "stage 1": (16, 56, 2, 32),
+    "stage 2": (16, 28, 4, 32),
+    "stage 3": (16, 14, 8, 32),
+}
 
 
 def inputs(batch, side, heads, dim, dtype, kernel_size=7):
@@ -70,6 +81,64 @@ def median_seconds(impl, args, repeats):
         step(impl, *args)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def alternating_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds of each zero-argument call, the calls alternating within every round."""
+    for call in calls.values():
+        call()  # warm-up (and the fused kernel's build or load)
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = alternating_medians({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
+    return 2 * n**3 / seconds / 1e9
+
+
+def fused_vs_torch(repeats: int, batch_size: int = 16) -> None:
+    """The fused kernel's speed-up over the torch backend at NAT-Mini's stage shapes."""
+    peak = matmul_gflops()
+    print(f"\n### Fused kernel vs torch backend (k=7, rpb, packed qkv), alternating, median of {repeats}\n")
+    print(f"Measured fp32 matmul (2048^3 torch.mm): {peak:.0f} GFLOP/s.\n")
+    print("| stage (B, side, heads, D) | dtype | pass | torch ms | fused ms | speed-up | fused GFLOP/s | of matmul |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name, (_, side, heads, dim) in STAGES.items():
+        batch = batch_size
+        for dtype in (torch.float32, torch.bfloat16):
+            g = torch.Generator().manual_seed(0)
+            qkv = torch.randn(batch, side, side, 3, heads, dim, generator=g).to(dtype)
+            rpb = torch.randn(heads, 13, 13, generator=g).to(dtype)
+            flops = 4 * batch * heads * side * side * 49 * dim
+            for pass_, factor in (("fwd", 1), ("fwd+bwd", 3)):
+                calls = {b: _op_call(qkv, rpb, b, pass_ == "fwd+bwd") for b in ("torch", "fused")}
+                med = alternating_medians(calls, repeats)
+                gflops = factor * flops / med["fused"] / 1e9
+                print(f"| {name} {(batch, side, heads, dim)} | {str(dtype)[6:]} | {pass_} | {med['torch'] * 1e3:.1f} "
+                      f"| {med['fused'] * 1e3:.1f} | {med['torch'] / med['fused']:.2f}x | {gflops:.0f} "
+                      f"| {gflops / peak:.0%} |", flush=True)
+
+
+def _op_call(qkv, rpb, backend: str, backward: bool):
+    """na2d_qkv as the NAT layers call it, inference (no_grad) or forward+backward."""
+    if not backward:
+        def call():
+            with torch.no_grad():
+                na2d_qkv(qkv, 7, 1, rpb, backend=backend)
+        return call
+    x, r = qkv.clone().requires_grad_(), rpb.clone().requires_grad_()
+
+    def call():
+        out = na2d_qkv(x, 7, 1, r, backend=backend)
+        out.backward(torch.ones_like(out))
+        x.grad = r.grad = None
+    return call
 
 
 def _rss_kib(field):
@@ -101,21 +170,27 @@ def peak_memory(impl_name, side, batch=1, heads=2, dim=32):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    parser.add_argument("--fused", action="store_true", help="only the fused-vs-torch table")
+    parser.add_argument("--batch", type=int, default=16, help="batch of the fused-vs-torch table")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     torch.manual_seed(0)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    fused_vs_torch(repeats + 4, args.batch)
+    if args.fused:
+        return
     print("\n### Forward+backward with rpb, k=7: median ms, speed-up = naive / torch backend\n")
-    print("| shape | dtype | naive gather ms | tiled ms | torch backend ms | speed-up |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| shape | dtype | naive gather ms | tiled ms | torch backend ms | speed-up | fused ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, shape in SHAPES.items():
         for dtype in (torch.float32, torch.bfloat16):
             data = inputs(*shape, dtype)
             naive = median_seconds(na2d_reference, data, repeats)
             tiled = median_seconds(na2d_tiled, data, repeats)
             fast = median_seconds(na2d_torch, data, repeats)
+            fused = median_seconds(na2d_fused, data, repeats)
             print(f"| {name} {shape} | {str(dtype)[6:]} | {naive * 1e3:.0f} | {tiled * 1e3:.1f} | {fast * 1e3:.1f} "
-                  f"| {naive / fast:.1f}x |")
+                  f"| {naive / fast:.1f}x | {fused * 1e3:.1f} |")
 
     sides = [14, 28, 56, 112, 224]
     full_max = 112  # full self-attention at 224^2 would need ~40 GB of scores

@@ -96,9 +96,10 @@ def load(verbose: bool = False):
         try:
             _state["module"] = _build(verbose)
         except Exception as error:  # noqa: BLE001 - any failure: the torch kernels serve
-            reason = (
-                f"the build failed: {type(error).__name__}: {str(error).strip().splitlines()[-1:]}"
-            )
+            last = (str(error).strip().splitlines() or [""])[
+                -1
+            ]  # ninja's or the compiler's verdict
+            reason = f"the build failed: {type(error).__name__}: {last}"
     if reason is not None:
         _state["reason"] = reason
         warnings.warn(

@@ -153,17 +153,23 @@ inline void weighted_sum(const float* w, const Src* src, int k, int D, float mul
   }
 }
 
-// dst_a(b, c) += w[a*k+b] * x[c]: the key and value gradients of one block's queries.
-inline void outer_add(const float* w, const float* x, long xs, const Src* dst, int k, int D) {
-  for (int a = 0; a < k; ++a)
-    for (int b = 0; b < k; ++b) {
-      vf wv = simd::load(w + (a * k + b) * L);
-      float* p = dst[a].base + b * dst[a].bstride;
-      for (int c = 0; c < D; ++c) {
-        float* q = p + c * dst[a].cstride;
-        simd::store(q, simd::fma(wv, simd::load(x + c * xs), simd::load(q)));
-      }
-    }
+// d(c, m0 + lane) += sum_b w_b(m0 + k/2 - b + lane) * x(c, m0 + k/2 - b + lane), c in
+// [c0, c0 + CB): w_b at w + b*wr and x(c, .) at x + c*xs (both strides also d's), keys in lanes.
+template <int CB>
+inline void key_chunk(const float* w, long wr, const float* x, long xs, int k, int m0, int c0, float* d) {
+  vf acc[CB];
+  for (int cc = 0; cc < CB; ++cc) acc[cc] = simd::zero();
+  for (int b = 0; b < k; ++b) {
+    int j = m0 + k / 2 - b;
+    vf wv = simd::load(w + b * wr + j);
+    const float* xp = x + c0 * xs + j;
+#pragma GCC unroll 8
+    for (int cc = 0; cc < CB; ++cc) acc[cc] = simd::fma(wv, simd::load(xp + cc * xs), acc[cc]);
+  }
+  for (int cc = 0; cc < CB; ++cc) {
+    float* p = d + (c0 + cc) * xs + m0;
+    simd::store(p, simd::add(simd::load(p), acc[cc]));
+  }
 }
 
 // Softmax down the k*k logits of each lane, in place; lanes >= n are set to zero.

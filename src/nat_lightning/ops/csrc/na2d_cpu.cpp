@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <type_traits>
 #include <tuple>
 
 #include "na2d_blocks.h"
@@ -63,33 +64,74 @@ Map<T> group_of(const Map<T>& m, const Geometry& g, int d) {  // rows gi::d, col
 template <typename T>
 void pack(const Map<T>& m, int b, int h, const Geometry& g, float mul, float* dst) {
   std::fill(dst, dst + g.plane(), 0.0f);
-  for (int i = 0; i < g.H; ++i)
+  for (int i = 0; i < g.H; ++i) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (m.s[4] == 1) {  // channels contiguous: register transposes
+        simd::copy_transposed(&m.at(b, i, 0, h, 0), m.s[2], g.W, g.D, dst + g.row(i), g.Wp, mul);
+        continue;
+      }
+    }
     for (int j = 0; j < g.W; ++j)
       for (int c = 0; c < g.D; ++c) dst[g.row(i) + static_cast<long>(c) * g.Wp + j] = mul * static_cast<float>(m.at(b, i, j, h, c));
+  }
+}
+
+// m[b, i, j0 + j, h, c] = src[c*ss + j] for j < n: a (D, n) block back to the map's layout.
+template <typename T>
+void unpack_row(const float* src, long ss, int n, int D, const Map<T>& m, int b, int i, int j0, int h) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (m.s[4] == 1) {
+      simd::copy_transposed(src, ss, D, n, &m.at(b, i, j0, h, 0), m.s[2], 1.0f);
+      return;
+    }
+  }
+  for (int j = 0; j < n; ++j)
+    for (int c = 0; c < D; ++c) m.at(b, i, j0 + j, h, c) = static_cast<T>(src[c * ss + j]);
 }
 
 template <typename T>
 void unpack(const float* src, const Geometry& g, int b, int h, const Map<T>& m) {
-  for (int i = 0; i < g.H; ++i)
-    for (int j = 0; j < g.W; ++j)
-      for (int c = 0; c < g.D; ++c) m.at(b, i, j, h, c) = static_cast<T>(src[g.row(i) + static_cast<long>(c) * g.Wp + j]);
+  for (int i = 0; i < g.H; ++i) unpack_row(src + g.row(i), g.Wp, g.W, g.D, m, b, i, 0, h);
 }
 
+// A (H, D, Wp) map with zeroed margins before and after: the key-major pass of the backward
+// reads up to L + k floats past either end of a row, where its weights are zero.
+class Plane {
+ public:
+  void init(long size, long margin) {
+    buf_.assign(size + 2 * margin, 0.0f);
+    data_ = buf_.data() + margin;
+    size_ = size;
+  }
+  float* data() { return data_; }
+  void zero() { std::fill(data_, data_ + size_, 0.0f); }
+
+ private:
+  std::vector<float> buf_;
+  float* data_ = nullptr;
+  long size_ = 0;
+};
+
 struct Scratch {  // one thread's buffers
-  std::vector<float> q, k, v, dout, dk, dv, delta, s, dp, acc, lanes, bk, bv, xt;
-  std::vector<Src> sk, sv, dk_dst, dv_dst;
-  Scratch(const Geometry& g, bool backward) {
-    for (auto* x : {&q, &k, &v}) x->resize(g.plane());
+  Plane q, k, v, dout, dk, dv;
+  std::vector<float> delta, s, dp, acc, lanes, bk, bv, xt, pr, sr;
+  std::vector<Src> sk, sv;
+  // The probabilities and dS of one query row's interior queries, (k*k, wr): column j at off + j.
+  long off, wr;
+  Scratch(const Geometry& g, bool backward) : off(L + g.k), wr(g.W + 3L * L + 2L * g.k) {
+    long margin = 2L * L + g.k;
+    for (auto* x : {&q, &k, &v}) x->init(g.plane(), margin);
     s.resize(g.k * g.k * L);
     acc.resize(g.D * L);
-    for (auto* x : {&sk, &sv, &dk_dst, &dv_dst}) x->resize(g.k);
+    for (auto* x : {&sk, &sv}) x->resize(g.k);
     if (!backward) return;
-    for (auto* x : {&dout, &dk, &dv}) x->resize(g.plane());
+    for (auto* x : {&dout, &dk, &dv}) x->init(g.plane(), margin);
     delta.resize(static_cast<long>(g.H) * g.Wp);
     dp.resize(g.k * g.k * L);
     lanes.resize((2 * g.k - 1) * g.k * L);
     for (auto* x : {&bk, &bv}) x->resize(2L * g.H * g.k * g.D);
     xt.resize(L * g.D);
+    for (auto* x : {&pr, &sr}) x->resize(g.k * g.k * wr);
   }
 };
 
@@ -129,6 +171,20 @@ void finish_border(const Geometry& g, const float* acc, float* dst) {
     for (int r = 0; r < g.H; ++r)
       for (int b = 0; b < g.k; ++b)
         for (int c = 0; c < g.D; ++c) dst[g.row(r) + static_cast<long>(c) * g.Wp + start + b] += a[(static_cast<long>(r) * g.k + b) * g.D + c];
+  }
+}
+
+// The key (value) gradients from the interior queries of row i: for key m of window row a,
+// the sum over b of w[a*k+b](query m + k/2 - b) * x(c, m + k/2 - b), keys in the lanes.
+void key_major(const Geometry& g, const float* w, long wr, const float* x, float* dst, int i) {
+  for (int a = 0; a < g.k; ++a) {
+    float* d = dst + g.row(g.rows.start(i) + a);
+    const float* wa = w + a * g.k * wr;
+    for (int m0 = 0; m0 < g.W; m0 += L) {
+      int c = 0;
+      for (; c + 8 <= g.D; c += 8) key_chunk<8>(wa, wr, x, g.Wp, g.k, m0, c, d);
+      for (; c < g.D; ++c) key_chunk<1>(wa, wr, x, g.Wp, g.k, m0, c, d);
+    }
   }
 }
 
@@ -175,8 +231,7 @@ void probabilities(const Geometry& g, const float* rpb, int i, const Block& blk,
 
 template <typename T>
 void store_lanes(const Geometry& g, const float* acc, int b, int i, const Block& blk, int h, const Map<T>& m) {
-  for (int l = 0; l < blk.n; ++l)
-    for (int c = 0; c < g.D; ++c) m.at(b, i, blk.j0 + l, h, c) = static_cast<T>(acc[c * L + l]);
+  unpack_row(acc, L, blk.n, g.D, m, b, i, blk.j0, h);
 }
 
 template <typename T>
@@ -198,9 +253,9 @@ void prepare_backward(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, 
   pack(qkv[1], b, h, g, 1.0f, w.k.data());
   pack(qkv[2], b, h, g, 1.0f, w.v.data());
   pack(gout, b, h, g, 1.0f, w.dout.data());
-  std::fill(w.dk.begin(), w.dk.end(), 0.0f);
-  std::fill(w.dv.begin(), w.dv.end(), 0.0f);
-  for (auto* x : {&w.lanes, &w.bk, &w.bv}) std::fill(x->begin(), x->end(), 0.0f);
+  w.dk.zero();
+  w.dv.zero();
+  for (auto* x : {&w.lanes, &w.bk, &w.bv, &w.pr, &w.sr}) std::fill(x->begin(), x->end(), 0.0f);
   std::fill(w.delta.begin(), w.delta.end(), 0.0f);
   for (int i = 0; i < g.H; ++i)  // rowsum(dP * P) = rowsum(dO * O)
     for (int j = 0; j < g.W; ++j) {
@@ -227,11 +282,11 @@ void backward_block(const Geometry& g, const float* rpb, float* grad_rpb, int b,
   if (grad_rpb != nullptr) add_bias_grad(g, i, blk, w.dp.data(), w.lanes.data(), grad_rpb);
   weighted_sum(w.dp.data(), w.sk.data(), g.k, g.D, g.scale, w.acc.data());
   store_lanes(g, w.acc.data(), b, i, blk, h, grads[0]);
-  if (blk.interior) {  // q is pre-scaled: dK = scale * dS q
-    window(g, w.dk.data(), i, blk, w.dk_dst.data());
-    window(g, w.dv.data(), i, blk, w.dv_dst.data());
-    outer_add(w.dp.data(), x, g.Wp, w.dk_dst.data(), g.k, g.D);
-    outer_add(w.s.data(), xo, g.Wp, w.dv_dst.data(), g.k, g.D);
+  if (blk.interior) {  // kept for the key-major pass (key_major) after the row's last block
+    for (int t = 0; t < kk; ++t) {
+      simd::store(w.pr.data() + t * w.wr + w.off + blk.j0, simd::load(w.s.data() + t * L));
+      simd::store(w.sr.data() + t * w.wr + w.off + blk.j0, simd::load(w.dp.data() + t * L));
+    }
   } else {
     long side = blk.start == 0 ? 0 : static_cast<long>(g.H) * g.k * g.D;
     border_outer_add(g, w.bk.data() + side, i, blk, w.dp.data(), x, w.xt.data());
@@ -243,8 +298,11 @@ template <typename T>
 void backward_head(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, const Map<T>& out, const float* rpb,
                    const Map<T>* grads, float* grad_rpb, int b, int h, Scratch& w) {
   prepare_backward(g, qkv, gout, out, b, h, w);
-  for (int i = 0; i < g.H; ++i)
+  for (int i = 0; i < g.H; ++i) {
     for (const Block& blk : g.blocks) backward_block(g, rpb, grad_rpb, b, h, i, blk, grads, w);
+    key_major(g, w.sr.data() + w.off, w.wr, w.q.data() + g.row(i), w.dk.data(), i);  // q is pre-scaled
+    key_major(g, w.pr.data() + w.off, w.wr, w.dout.data() + g.row(i), w.dv.data(), i);
+  }
   finish_border(g, w.bk.data(), w.dk.data());
   finish_border(g, w.bv.data(), w.dv.data());
   unpack(w.dk.data(), g, b, h, grads[1]);

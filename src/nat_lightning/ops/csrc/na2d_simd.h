@@ -100,4 +100,37 @@ inline vf exp(vf x) {
   return scale2(p, n);
 }
 
+// dst[c*ds + r] = mul * src[r*ss + c] for r < rows, c < cols: 8x8 register transposes where
+// AVX is there, plain loops for the edges and elsewhere.
+inline void copy_transposed(const float* src, long ss, int rows, int cols, float* dst, long ds, float mul) {
+  int r0 = 0, c0 = 0;
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  const __m256 m = _mm256_set1_ps(mul);
+  for (; r0 + 8 <= rows; r0 += 8) {
+    for (c0 = 0; c0 + 8 <= cols; c0 += 8) {
+      __m256 r[8], t[8], u[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (r0 + i) * ss + c0);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (c0 + i) * ds + r0, _mm256_mul_ps(m, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20)));
+        _mm256_storeu_ps(dst + (c0 + i + 4) * ds + r0, _mm256_mul_ps(m, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31)));
+      }
+    }
+    for (int c = c0; c < cols; ++c)
+      for (int i = r0; i < r0 + 8; ++i) dst[c * ds + i] = mul * src[i * ss + c];
+  }
+#endif
+  for (int r = r0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[c * ds + r] = mul * src[r * ss + c];
+}
+
 }  // namespace simd
