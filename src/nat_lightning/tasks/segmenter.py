@@ -148,7 +148,8 @@ class NatSegmenter(NatTask):
             model, pretrained, num_classes, id2label, head, overrides
         )
         self.save_hyperparameters()
-        self.hparams.lr = lr or (PAPER_LR if pretrained is not None else SCRATCH_LR)
+        if lr is None:
+            self.hparams.lr = PAPER_LR if pretrained is not None else SCRATCH_LR
         self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
         self._classes_from_data = num_classes is None and id2label is None
         self._use_network(self.network)
