@@ -171,14 +171,16 @@ def fresh_build(monkeypatch):
 def test_failed_build_warns_once_and_the_torch_kernels_serve(fresh_build, monkeypatch):
     def fail(verbose):
         raise RuntimeError(
-            "Error building extension 'nat_lightning_na2d_cpu'\nsimulated compiler error"
+            "Error building extension 'nat_lightning_na2d_cpu': [1/2] c++ -O3 na2d_cpu.cpp\n"
+            "na2d_cpu.cpp:1:1: error: simulated compiler error\nninja: build stopped: subcommand failed."
         )
 
     monkeypatch.setattr(build, "_build", fail)
     torch.manual_seed(0)
     q, k, v, rpb = _inputs(11, 9, 5, 16)
     with pytest.warns(
-        UserWarning, match="unavailable \\(the build failed: .*simulated compiler error"
+        UserWarning,
+        match="unavailable \\(the build failed: RuntimeError: na2d_cpu.cpp:1:1: error: simulated compiler error\\)",
     ):
         out = na2d(q, k, v, 5, 1, rpb)
     torch.testing.assert_close(out, na2d_torch(q, k, v, 5, 1, rpb))

@@ -75,6 +75,12 @@ def _build(verbose: bool):
     )
 
 
+def _verdict(message: str) -> str:
+    """The compiler's first error line in a failed build's message, else its last line."""
+    lines = message.strip().splitlines() or [""]
+    return next((line.strip() for line in lines if "error:" in line), lines[-1])
+
+
 def disabled_reason() -> str | None:
     """Why the kernel is off by configuration (``NAT_LIGHTNING_FUSED=0``), or None."""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
@@ -96,10 +102,7 @@ def load(verbose: bool = False):
         try:
             _state["module"] = _build(verbose)
         except Exception as error:  # noqa: BLE001 - any failure: the torch kernels serve
-            last = (str(error).strip().splitlines() or [""])[
-                -1
-            ]  # ninja's or the compiler's verdict
-            reason = f"the build failed: {type(error).__name__}: {last}"
+            reason = f"the build failed: {type(error).__name__}: {_verdict(str(error))}"
     if reason is not None:
         _state["reason"] = reason
         warnings.warn(

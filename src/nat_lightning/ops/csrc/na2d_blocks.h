@@ -1,13 +1,14 @@
 // Geometry and inner loops of the fused neighborhood-attention kernel (na2d_cpu.cpp).
 //
-// Layout: for one (batch, head) every map (queries, keys, values, their gradients) is a
-// transposed fp32 copy (row, D, Wp), Wp = W + L: the columns of a row are contiguous, so L
+// Layout: for one (batch, head, dilation group) every map (queries, keys, values, gradients)
+// is a transposed fp32 copy (row, D, Wp), Wp = W + L: the columns of a row are contiguous, so L
 // consecutive query columns of one row sit in the L lanes of a vector. A query column j far
-// enough from the borders ("interior") attends to columns j + d*(b - k/2), b < k, which for L
-// consecutive queries are L consecutive floats: every key, value and gradient access is one
-// unaligned vector load or store, and the k*k logits of L queries need no horizontal sums.
-// Queries near a border have clamped windows; their blocks gather their windows into tiles of
-// the same (b, c, lane) shape first, and the inner loops run unchanged on them.
+// enough from the borders ("interior") attends to columns j - k/2 + b, b < k, which for L
+// consecutive queries are L consecutive floats: every key and value access is one unaligned
+// vector load, and the k*k logits of L queries need no horizontal sums (softmax runs down the
+// columns). The queries near a border share one clamped window: their blocks broadcast it.
+// Up to three query rows share each key (value) row's loads; the key and value gradients are
+// summed with the keys in the lanes (key_chunk), so their inner loops store nothing.
 #pragma once
 
 #include <algorithm>
@@ -111,45 +112,88 @@ inline void dot_row(const float* x, long xs, const Src& s, int k, int D, float* 
   }
 }
 
-// out[a*k + b] = x . window a's neighbour b, for the k window rows: (k*k, L).
-inline void dot_rows(const float* x, long xs, const Src* src, int k, int D, float* out) {
-  for (int a = 0; a < k; ++a) {
-    if (src[a].bcast) {
-      dot_row<true>(x, xs, src[a], k, D, out + a * k * L);
-    } else {
-      dot_row<false>(x, xs, src[a], k, D, out + a * k * L);
+// out[t][b] = x[t] . src(b) for NR query rows that read the same key row: each key vector is
+// loaded once for all of them (NR*K accumulators: K <= 7 with 32 vector registers).
+template <int K, bool B, int NR>
+inline void dot_multi(const float* const* x, long xs, const Src& s, int D, float* const* out) {
+  vf acc[NR][K];
+  for (int t = 0; t < NR; ++t)
+    for (int b = 0; b < K; ++b) acc[t][b] = simd::zero();
+  for (int c = 0; c < D; ++c) {
+    const float* p = s.base + c * s.cstride;
+    vf kv[K];
+#pragma GCC unroll 8
+    for (int b = 0; b < K; ++b) kv[b] = lanes<B>(p + b * s.bstride);
+#pragma GCC unroll 3
+    for (int t = 0; t < NR; ++t) {
+      vf xv = simd::load(x[t] + c * xs);
+#pragma GCC unroll 8
+      for (int b = 0; b < K; ++b) acc[t][b] = simd::fma(xv, kv[b], acc[t][b]);
     }
+  }
+  for (int t = 0; t < NR; ++t)
+    for (int b = 0; b < K; ++b) simd::store(out[t] + b * L, acc[t][b]);
+}
+
+template <int K, bool B>
+inline void dot_multi_rows(int nr, const float* const* x, long xs, const Src& s, int D, float* const* out) {
+  if (nr == 3) {
+    dot_multi<K, B, 3>(x, xs, s, D, out);
+  } else if (nr == 2) {
+    dot_multi<K, B, 2>(x, xs, s, D, out);
+  } else {
+    dot_multi<K, B, 1>(x, xs, s, D, out);
   }
 }
 
-// out[c] = mul * sum_{a,b} w[a*k+b] * src_a(b, c): (D, L), channels register-blocked by CB.
-template <int CB, bool B>
-inline void weighted_chunk(const float* w, const Src* src, int k, int c0, float mul, float* out) {
-  vf acc[CB];
-  for (int cc = 0; cc < CB; ++cc) acc[cc] = simd::zero();
-  for (int a = 0; a < k; ++a)
-    for (int b = 0; b < k; ++b) {
-      vf wv = simd::load(w + (a * k + b) * L);
-      const float* p = src[a].base + b * src[a].bstride + c0 * src[a].cstride;
-#pragma GCC unroll 8
-      for (int cc = 0; cc < CB; ++cc) acc[cc] = simd::fma(wv, lanes<B>(p + cc * src[a].cstride), acc[cc]);
-    }
-  for (int cc = 0; cc < CB; ++cc) simd::store(out + (c0 + cc) * L, simd::mul(acc[cc], simd::set1(mul)));
-}
-
+// nr (<= 3) query rows against one key row: shared loads for k <= 7 with 16 lanes (AVX-512),
+// one row at a time otherwise (fewer registers).
 template <bool B>
-inline void weighted_sum_as(const float* w, const Src* src, int k, int D, float mul, float* out) {
-  int c = 0;
-  for (; c + 8 <= D; c += 8) weighted_chunk<8, B>(w, src, k, c, mul, out);
-  for (; c < D; ++c) weighted_chunk<1, B>(w, src, k, c, mul, out);
+inline void dot_shared(int k, int nr, const float* const* x, long xs, const Src& s, int D, float* const* out) {
+  if (L == 16 && k == 3) return dot_multi_rows<3, B>(nr, x, xs, s, D, out);
+  if (L == 16 && k == 5) return dot_multi_rows<5, B>(nr, x, xs, s, D, out);
+  if (L == 16 && k == 7) return dot_multi_rows<7, B>(nr, x, xs, s, D, out);
+  for (int t = 0; t < nr; ++t) dot_row<B>(x[t], xs, s, k, D, out[t]);
 }
 
-// The window rows of one block are all interior or all border (broadcast).
-inline void weighted_sum(const float* w, const Src* src, int k, int D, float mul, float* out) {
-  if (src[0].bcast) {
-    weighted_sum_as<true>(w, src, k, D, mul, out);
+// out[t][c] += sum_b w[t][b] * src(b, c) for NR query rows that read the same value row, c in
+// [c0, c0 + CB): each value vector is loaded once for all of them (NR*CB accumulators).
+template <int NR, int CB, bool B>
+inline void weighted_multi(const float* const* w, const Src& s, int k, int c0, float* const* out) {
+  vf acc[NR][CB];
+  for (int t = 0; t < NR; ++t)
+    for (int cc = 0; cc < CB; ++cc) acc[t][cc] = simd::load(out[t] + (c0 + cc) * L);
+  for (int b = 0; b < k; ++b) {
+    vf wv[NR];
+    for (int t = 0; t < NR; ++t) wv[t] = simd::load(w[t] + b * L);
+    const float* p = s.base + b * s.bstride + c0 * s.cstride;
+#pragma GCC unroll 8
+    for (int cc = 0; cc < CB; ++cc) {
+      vf v = lanes<B>(p + cc * s.cstride);
+#pragma GCC unroll 3
+      for (int t = 0; t < NR; ++t) acc[t][cc] = simd::fma(wv[t], v, acc[t][cc]);
+    }
+  }
+  for (int t = 0; t < NR; ++t)
+    for (int cc = 0; cc < CB; ++cc) simd::store(out[t] + (c0 + cc) * L, acc[t][cc]);
+}
+
+template <int NR, bool B>
+inline void weighted_multi_rows(const float* const* w, const Src& s, int k, int D, float* const* out) {
+  int c = 0;
+  for (; c + 8 <= D; c += 8) weighted_multi<NR, 8, B>(w, s, k, c, out);
+  for (; c < D; ++c) weighted_multi<NR, 1, B>(w, s, k, c, out);
+}
+
+// out[t] (D, L) += the weighted sum of one value row for nr (<= 3) query rows reading it.
+template <bool B>
+inline void weighted_shared(int nr, const float* const* w, const Src& s, int k, int D, float* const* out) {
+  if (nr == 3) {
+    weighted_multi_rows<3, B>(w, s, k, D, out);
+  } else if (nr == 2) {
+    weighted_multi_rows<2, B>(w, s, k, D, out);
   } else {
-    weighted_sum_as<false>(w, src, k, D, mul, out);
+    weighted_multi_rows<1, B>(w, s, k, D, out);
   }
 }
 

@@ -1,5 +1,7 @@
 // Fused 2-D neighborhood attention on the CPU: forward and backward, rpb, dilation, any odd
 // kernel size and head_dim, strided (e.g. packed qkv) fp32 / bf16 / fp16 inputs, fp32 inside.
+// Dilation d splits the map into d*d groups (rows gi::d, columns gj::d), each a dilation-1
+// problem. The backward recomputes the softmax; rowsum(dO * O) replaces rowsum(dP * P).
 //
 // Threads split the (batch, head) pairs; each pair is computed whole by one thread, its key and
 // value gradients included, in a fixed order: the results are bitwise the same on every run and
@@ -112,36 +114,28 @@ class Plane {
   long size_ = 0;
 };
 
-struct Scratch {  // one thread's buffers
+constexpr int kRows = 3;  // query rows that share their key rows' loads (logits_shared)
+
+struct Scratch {  // one thread's buffers; s, dp, pr, sr hold kRows query rows' each
   Plane q, k, v, dout, dk, dv;
   std::vector<float> delta, s, dp, acc, lanes, bk, bv, xt, pr, sr;
-  std::vector<Src> sk, sv;
   // The probabilities and dS of one query row's interior queries, (k*k, wr): column j at off + j.
   long off, wr;
   Scratch(const Geometry& g, bool backward) : off(L + g.k), wr(g.W + 3L * L + 2L * g.k) {
     long margin = 2L * L + g.k;
     for (auto* x : {&q, &k, &v}) x->init(g.plane(), margin);
-    s.resize(g.k * g.k * L);
-    acc.resize(g.D * L);
-    for (auto* x : {&sk, &sv}) x->resize(g.k);
+    s.resize(kRows * g.k * g.k * L);
+    acc.resize(kRows * g.D * L);
     if (!backward) return;
     for (auto* x : {&dout, &dk, &dv}) x->init(g.plane(), margin);
     delta.resize(static_cast<long>(g.H) * g.Wp);
-    dp.resize(g.k * g.k * L);
+    dp.resize(kRows * g.k * g.k * L);
     lanes.resize((2 * g.k - 1) * g.k * L);
     for (auto* x : {&bk, &bv}) x->resize(2L * g.H * g.k * g.D);
     xt.resize(L * g.D);
-    for (auto* x : {&pr, &sr}) x->resize(g.k * g.k * wr);
+    for (auto* x : {&pr, &sr}) x->resize(kRows * g.k * g.k * wr);
   }
 };
-
-// Where the k window rows of query row i lie in map x for the block's lanes.
-void window(const Geometry& g, float* x, int i, const Block& blk, Src* src) {
-  for (int a = 0; a < g.k; ++a) {
-    float* row = x + g.row(g.rows.start(i) + a);
-    src[a] = blk.interior ? Src{row + blk.j0 - g.k / 2, 1, g.Wp, false} : Src{row + blk.start, 1, g.Wp, true};
-  }
-}
 
 // Border blocks: their lanes share one window, so their key (value) gradient is, per window
 // row a and neighbour b, a sum over the lanes of w[a*k+b] * x, (D). It is kept in acc, (H, k, D)
@@ -221,12 +215,62 @@ void add_bias_grad(const Geometry& g, int i, const Block& blk, const float* ds, 
 }
 
 // Logits of query row i's block, biased, softmaxed into w.s (lanes >= n zero).
-void probabilities(const Geometry& g, const float* rpb, int i, const Block& blk, Scratch& w) {
-  window(g, w.k.data(), i, blk, w.sk.data());
-  window(g, w.v.data(), i, blk, w.sv.data());
-  dot_rows(w.q.data() + g.row(i) + blk.j0, g.Wp, w.sk.data(), g.k, g.D, w.s.data());
-  if (rpb != nullptr) add_bias(g, rpb, i, blk, w.s.data());
-  softmax(w.s.data(), g.k * g.k, blk.n);
+// x . keys for query rows i0 .. i0+nr-1 (nr <= kRows) of one block, into out[t], (k*k, L): each
+// key row of their windows is read once for all the rows that attend to it.
+void logits_shared(const Geometry& g, const float* x, float* keys, int i0, int nr, const Block& blk, float* out) {
+  int k = g.k, start[kRows];
+  for (int t = 0; t < nr; ++t) start[t] = g.rows.start(i0 + t);  // non-decreasing
+  for (int r = start[0]; r < start[nr - 1] + k; ++r) {
+    int t0 = 0, t1 = nr;  // the rows whose windows hold key row r: [t0, t1)
+    while (start[t0] + k <= r) ++t0;
+    while (start[t1 - 1] > r) --t1;
+    const float* xs[kRows];
+    float* os[kRows];
+    for (int t = t0; t < t1; ++t) {
+      xs[t - t0] = x + g.row(i0 + t) + blk.j0;
+      os[t - t0] = out + (static_cast<long>(t) * k + r - start[t]) * k * L;
+    }
+    float* row = keys + g.row(r);
+    if (blk.interior) {
+      dot_shared<false>(k, t1 - t0, xs, g.Wp, Src{row + blk.j0 - k / 2, 1, g.Wp, false}, g.D, os);
+    } else {
+      dot_shared<true>(k, t1 - t0, xs, g.Wp, Src{row + blk.start, 1, g.Wp, true}, g.D, os);
+    }
+  }
+}
+
+// Query row i's logits s (from logits_shared), biased and softmaxed in place (lanes >= n zero).
+void probabilities(const Geometry& g, const float* rpb, int i, const Block& blk, float* s) {
+  if (rpb != nullptr) add_bias(g, rpb, i, blk, s);
+  softmax(s, g.k * g.k, blk.n);
+}
+
+// out[t] = mul * sum over query row i0+t's window of w[t](a, b) * values(a, b), (D, L), for
+// t < nr: each value row is read once for all the rows that attend to it.
+void weighted_rows(const Geometry& g, float* values, int i0, int nr, const Block& blk, const float* w, float mul,
+                   float* out) {
+  int k = g.k, start[kRows];
+  for (int t = 0; t < nr; ++t) start[t] = g.rows.start(i0 + t);
+  std::fill(out, out + static_cast<long>(nr) * g.D * L, 0.0f);
+  for (int r = start[0]; r < start[nr - 1] + k; ++r) {
+    int t0 = 0, t1 = nr;
+    while (start[t0] + k <= r) ++t0;
+    while (start[t1 - 1] > r) --t1;
+    const float* ws[kRows];
+    float* os[kRows];
+    for (int t = t0; t < t1; ++t) {
+      ws[t - t0] = w + (static_cast<long>(t) * k + r - start[t]) * k * L;
+      os[t - t0] = out + static_cast<long>(t) * g.D * L;
+    }
+    float* row = values + g.row(r);
+    if (blk.interior) {
+      weighted_shared<false>(t1 - t0, ws, Src{row + blk.j0 - k / 2, 1, g.Wp, false}, k, g.D, os);
+    } else {
+      weighted_shared<true>(t1 - t0, ws, Src{row + blk.start, 1, g.Wp, true}, k, g.D, os);
+    }
+  }
+  if (mul != 1.0f)
+    for (long e = 0; e < static_cast<long>(nr) * g.D * L; ++e) out[e] *= mul;
 }
 
 template <typename T>
@@ -239,11 +283,14 @@ void forward_head(const Geometry& g, const Map<T>* qkv, const float* rpb, const 
   pack(qkv[0], b, h, g, g.scale, w.q.data());
   pack(qkv[1], b, h, g, 1.0f, w.k.data());
   pack(qkv[2], b, h, g, 1.0f, w.v.data());
-  for (int i = 0; i < g.H; ++i)
+  long kkl = static_cast<long>(g.k) * g.k * L;
+  for (int i0 = 0; i0 < g.H; i0 += kRows)
     for (const Block& blk : g.blocks) {
-      probabilities(g, rpb, i, blk, w);
-      weighted_sum(w.s.data(), w.sv.data(), g.k, g.D, 1.0f, w.acc.data());
-      store_lanes(g, w.acc.data(), b, i, blk, h, out);
+      int nr = std::min(kRows, g.H - i0);
+      logits_shared(g, w.q.data(), w.k.data(), i0, nr, blk, w.s.data());
+      for (int t = 0; t < nr; ++t) probabilities(g, rpb, i0 + t, blk, w.s.data() + t * kkl);
+      weighted_rows(g, w.v.data(), i0, nr, blk, w.s.data(), 1.0f, w.acc.data());
+      for (int t = 0; t < nr; ++t) store_lanes(g, w.acc.data() + t * g.D * L, b, i0 + t, blk, h, out);
     }
 }
 
@@ -265,32 +312,27 @@ void prepare_backward(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, 
     }
 }
 
-// One block of query row i: dQ into grads[0]; dK, dV into w.dk, w.dv; the rpb gradient.
-template <typename T>
-void backward_block(const Geometry& g, const float* rpb, float* grad_rpb, int b, int h, int i, const Block& blk,
-                    const Map<T>* grads, Scratch& w) {
+// One block of query row i, whose logits are in s and dP in dp (logits_shared): P and dS in
+// their place; both kept in pr, sr for key_major (interior), or border gradients; the rpb one.
+void backward_block(const Geometry& g, const float* rpb, float* grad_rpb, int i, const Block& blk, float* s, float* dp,
+                    float* pr, float* sr, Scratch& w) {
   int kk = g.k * g.k;
-  probabilities(g, rpb, i, blk, w);
-  const float* x = w.q.data() + g.row(i) + blk.j0;
-  const float* xo = w.dout.data() + g.row(i) + blk.j0;
-  dot_rows(xo, g.Wp, w.sv.data(), g.k, g.D, w.dp.data());  // dP
+  probabilities(g, rpb, i, blk, s);
   vf delta = simd::load(w.delta.data() + static_cast<long>(i) * g.Wp + blk.j0);
   for (int t = 0; t < kk; ++t) {  // dS = P * (dP - delta), in place of dP
-    float* d = w.dp.data() + t * L;
-    simd::store(d, simd::mul(simd::load(w.s.data() + t * L), simd::sub(simd::load(d), delta)));
+    float* d = dp + t * L;
+    simd::store(d, simd::mul(simd::load(s + t * L), simd::sub(simd::load(d), delta)));
   }
-  if (grad_rpb != nullptr) add_bias_grad(g, i, blk, w.dp.data(), w.lanes.data(), grad_rpb);
-  weighted_sum(w.dp.data(), w.sk.data(), g.k, g.D, g.scale, w.acc.data());
-  store_lanes(g, w.acc.data(), b, i, blk, h, grads[0]);
+  if (grad_rpb != nullptr) add_bias_grad(g, i, blk, dp, w.lanes.data(), grad_rpb);
   if (blk.interior) {  // kept for the key-major pass (key_major) after the row's last block
     for (int t = 0; t < kk; ++t) {
-      simd::store(w.pr.data() + t * w.wr + w.off + blk.j0, simd::load(w.s.data() + t * L));
-      simd::store(w.sr.data() + t * w.wr + w.off + blk.j0, simd::load(w.dp.data() + t * L));
+      simd::store(pr + t * w.wr + w.off + blk.j0, simd::load(s + t * L));
+      simd::store(sr + t * w.wr + w.off + blk.j0, simd::load(dp + t * L));
     }
   } else {
     long side = blk.start == 0 ? 0 : static_cast<long>(g.H) * g.k * g.D;
-    border_outer_add(g, w.bk.data() + side, i, blk, w.dp.data(), x, w.xt.data());
-    border_outer_add(g, w.bv.data() + side, i, blk, w.s.data(), xo, w.xt.data());
+    border_outer_add(g, w.bk.data() + side, i, blk, dp, w.q.data() + g.row(i) + blk.j0, w.xt.data());
+    border_outer_add(g, w.bv.data() + side, i, blk, s, w.dout.data() + g.row(i) + blk.j0, w.xt.data());
   }
 }
 
@@ -298,10 +340,22 @@ template <typename T>
 void backward_head(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, const Map<T>& out, const float* rpb,
                    const Map<T>* grads, float* grad_rpb, int b, int h, Scratch& w) {
   prepare_backward(g, qkv, gout, out, b, h, w);
-  for (int i = 0; i < g.H; ++i) {
-    for (const Block& blk : g.blocks) backward_block(g, rpb, grad_rpb, b, h, i, blk, grads, w);
-    key_major(g, w.sr.data() + w.off, w.wr, w.q.data() + g.row(i), w.dk.data(), i);  // q is pre-scaled
-    key_major(g, w.pr.data() + w.off, w.wr, w.dout.data() + g.row(i), w.dv.data(), i);
+  long kkl = static_cast<long>(g.k) * g.k * L, kkw = static_cast<long>(g.k) * g.k * w.wr;
+  for (int i0 = 0; i0 < g.H; i0 += kRows) {
+    int nr = std::min(kRows, g.H - i0);
+    for (const Block& blk : g.blocks) {
+      logits_shared(g, w.q.data(), w.k.data(), i0, nr, blk, w.s.data());
+      logits_shared(g, w.dout.data(), w.v.data(), i0, nr, blk, w.dp.data());  // dP
+      for (int t = 0; t < nr; ++t)
+        backward_block(g, rpb, grad_rpb, i0 + t, blk, w.s.data() + t * kkl, w.dp.data() + t * kkl,
+                       w.pr.data() + t * kkw, w.sr.data() + t * kkw, w);
+      weighted_rows(g, w.k.data(), i0, nr, blk, w.dp.data(), g.scale, w.acc.data());  // dQ = scale * dS K
+      for (int t = 0; t < nr; ++t) store_lanes(g, w.acc.data() + t * g.D * L, b, i0 + t, blk, h, grads[0]);
+    }
+    for (int t = 0; t < nr; ++t) {  // q is pre-scaled: dK = scale * dS q
+      key_major(g, w.sr.data() + t * kkw + w.off, w.wr, w.q.data() + g.row(i0 + t), w.dk.data(), i0 + t);
+      key_major(g, w.pr.data() + t * kkw + w.off, w.wr, w.dout.data() + g.row(i0 + t), w.dv.data(), i0 + t);
+    }
   }
   finish_border(g, w.bk.data(), w.dk.data());
   finish_border(g, w.bv.data(), w.dv.data());
