@@ -109,6 +109,7 @@ def fused_vs_torch(repeats: int, batch_size: int = 16) -> None:
     print(f"Measured fp32 matmul (2048^3 torch.mm): {peak:.0f} GFLOP/s.\n")
     print("| stage (B, side, heads, D) | dtype | pass | torch ms | fused ms | speed-up | fused GFLOP/s | of matmul |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
+    speedups: dict[str, list[float]] = {}
     for name, (_, side, heads, dim) in STAGES.items():
         batch = batch_size
         for dtype in (torch.float32, torch.bfloat16):
@@ -120,9 +121,36 @@ def fused_vs_torch(repeats: int, batch_size: int = 16) -> None:
                 calls = {b: _op_call(qkv, rpb, b, pass_ == "fwd+bwd") for b in ("torch", "fused")}
                 med = alternating_medians(calls, repeats)
                 gflops = factor * flops / med["fused"] / 1e9
+                speedups.setdefault(f"{pass_}, {str(dtype)[6:]}", []).append(med["torch"] / med["fused"])
                 print(f"| {name} {(batch, side, heads, dim)} | {str(dtype)[6:]} | {pass_} | {med['torch'] * 1e3:.1f} "
                       f"| {med['fused'] * 1e3:.1f} | {med['torch'] / med['fused']:.2f}x | {gflops:.0f} "
                       f"| {gflops / peak:.0%} |", flush=True)
+    plot_fused(speedups, batch_size)
+
+
+def plot_fused(speedups: dict[str, list[float]], batch: int) -> None:
+    """op_fused.png: the fused kernel's speed-up over the torch backend per stage and pass."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(speedups)
+    for i, (label, values) in enumerate(speedups.items()):
+        ax.bar([s + i * width for s in range(len(STAGES))], values, width, label=label)
+    ax.set_xticks([s + 0.4 - width / 2 for s in range(len(STAGES))], list(STAGES))
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_ylim(0, 1.4 * max(max(v) for v in speedups.values()))  # room for the legend
+    ax.set(ylabel="speed-up over torch backend",
+           title=f"fused CPU kernel, k=7, batch {batch}, {torch.get_num_threads()} threads")
+    ax.legend(fontsize=8, ncols=2)
+    fig.tight_layout()
+    fig.savefig(HERE / "op_fused.png", dpi=110)
+    print("wrote experiments/op_fused.png")
 
 
 def _op_call(qkv, rpb, backend: str, backward: bool):
