@@ -30,92 +30,111 @@ struct Axis {
   bool interior(int p) const { return start(p) == p - k / 2; }
 };
 
-// Up to L consecutive query columns of a row. Interior lanes see columns j - k/2 + b; all lanes
-// of a border block see the same columns, start + b, and keep their rpb indices, (k, L).
+// How a block's lanes read their neighbours from base + lane: kPlain (all interior: lane l
+// reads base + l), kPermute (lane l reads base + idx[l], idx[l] < L: one load and a lane
+// permutation), kGather (any idx: a gather). base = column j0 - k/2 + b of the key row.
+enum Mode { kPlain = 0, kPermute = 1, kGather = 2 };
+
+// L consecutive query columns j0 .. j0+n-1 of a row (lanes past n repeat the last one).
+// Queries within k/2 of a border share one clamped window (the left ones start at column 0, the
+// right ones at length - k): lanes [0, left) and [right, n). bias: rpb indices, (k, L); mask:
+// 1 on interior lanes.
 struct Block {
-  int j0, n;
-  bool interior;
-  int start;
-  std::vector<int> bias;
+  int j0, n, left, right;
+  Mode mode;
+  std::vector<int> idx, bias;
+  std::vector<float> mask;
 };
 
 inline std::vector<Block> column_blocks(const Axis& ax) {
-  int lo = 0;
-  while (lo < ax.length && !ax.interior(lo)) ++lo;
-  int hi = lo;
-  while (hi < ax.length && ax.interior(hi)) ++hi;
   std::vector<Block> blocks;
-  auto cut = [&](int from, int to, bool interior) {
-    for (int j = from; j < to; j += L) {
-      Block blk{j, std::min(L, to - j), interior, ax.start(j), {}};
-      if (!interior) {
-        blk.bias.resize(ax.k * L);
-        for (int b = 0; b < ax.k; ++b)
-          for (int l = 0; l < L; ++l) blk.bias[b * L + l] = ax.bias(j + std::min(l, blk.n - 1), b);
-      }
-      blocks.push_back(std::move(blk));
+  for (int j0 = 0; j0 < ax.length; j0 += L) {
+    Block blk{j0, std::min(L, ax.length - j0), 0, 0, kPlain, std::vector<int>(L), std::vector<int>(ax.k * L),
+              std::vector<float>(L, 0.0f)};
+    int widest = 0;
+    bool interior = true;
+    for (int l = 0; l < L; ++l) {
+      int j = j0 + std::min(l, blk.n - 1);
+      blk.idx[l] = ax.start(j) - j0 + ax.k / 2;
+      widest = std::max(widest, blk.idx[l]);
+      for (int b = 0; b < ax.k; ++b) blk.bias[b * L + l] = ax.bias(j, b);
+      if (l >= blk.n) continue;
+      blk.mask[l] = ax.interior(j) ? 1.0f : 0.0f;
+      interior = interior && ax.interior(j);
+      blk.left += j < ax.k / 2;
     }
-  };
-  cut(0, lo, false);  // left border: every window starts at column 0
-  cut(lo, hi, true);
-  cut(hi, ax.length, false);  // right border: every window starts at length - k
+    blk.right = blk.left;
+    while (blk.right < blk.n && ax.interior(j0 + blk.right)) ++blk.right;
+    blk.mode = interior ? kPlain : widest < L ? kPermute : kGather;
+    blocks.push_back(std::move(blk));
+  }
   return blocks;
 }
 
-// Where neighbour b, channel c of the block's lanes lies: base + b*bstride + c*cstride, the
-// lanes contiguous there, or (bcast) one value for every lane.
+// Where neighbour b, channel c of the block's lanes lies: base + b*bstride + c*cstride, read
+// as the block's mode says (idx: its lane offsets).
 struct Src {
   float* base;
   long bstride, cstride;
-  bool bcast;
+  const int* idx;
 };
 
-template <bool B>
-inline vf lanes(const float* p) {
-  return B ? simd::set1(*p) : simd::load(p);
+template <int M>
+inline simd::vi index_of(const Src& s) {
+  return M == kPlain ? simd::vi{} : simd::load_index(s.idx);
+}
+
+template <int M>
+inline vf lanes(const float* p, simd::vi idx) {
+  if constexpr (M == kPlain) return simd::load(p);
+  if constexpr (M == kPermute) return simd::permute(simd::load(p), idx);
+  return simd::gather(p, idx);
 }
 
 // out[b] = sum_c x[c] * src(b, c) for b < K, x's channel c at x + c*xs: K logits of L queries.
-template <int K, bool B>
+template <int K, int M>
 inline void dot_fixed(const float* x, long xs, const Src& s, int D, float* out) {
+  simd::vi idx = index_of<M>(s);
   vf acc[K];
   for (int b = 0; b < K; ++b) acc[b] = simd::zero();
   for (int c = 0; c < D; ++c) {
     vf xv = simd::load(x + c * xs);
     const float* p = s.base + c * s.cstride;
 #pragma GCC unroll 16
-    for (int b = 0; b < K; ++b) acc[b] = simd::fma(xv, lanes<B>(p + b * s.bstride), acc[b]);
+    for (int b = 0; b < K; ++b) acc[b] = simd::fma(xv, lanes<M>(p + b * s.bstride, idx), acc[b]);
   }
   for (int b = 0; b < K; ++b) simd::store(out + b * L, acc[b]);
 }
 
-template <bool B>
+template <int M>
 inline void dot_any(const float* x, long xs, const Src& s, int k, int D, float* out) {
+  simd::vi idx = index_of<M>(s);
   for (int b = 0; b < k; ++b) {
     vf acc = simd::zero();
     for (int c = 0; c < D; ++c)
-      acc = simd::fma(simd::load(x + c * xs), lanes<B>(s.base + b * s.bstride + c * s.cstride), acc);
+      acc = simd::fma(simd::load(x + c * xs), lanes<M>(s.base + b * s.bstride + c * s.cstride, idx), acc);
     simd::store(out + b * L, acc);
   }
 }
 
-template <bool B>
+template <int M>
 inline void dot_row(const float* x, long xs, const Src& s, int k, int D, float* out) {
   switch (k) {
-    case 3: dot_fixed<3, B>(x, xs, s, D, out); break;
-    case 5: dot_fixed<5, B>(x, xs, s, D, out); break;
-    case 7: dot_fixed<7, B>(x, xs, s, D, out); break;
-    case 9: dot_fixed<9, B>(x, xs, s, D, out); break;
-    case 11: dot_fixed<11, B>(x, xs, s, D, out); break;
-    case 13: dot_fixed<13, B>(x, xs, s, D, out); break;
-    default: dot_any<B>(x, xs, s, k, D, out);
+    case 3: dot_fixed<3, M>(x, xs, s, D, out); break;
+    case 5: dot_fixed<5, M>(x, xs, s, D, out); break;
+    case 7: dot_fixed<7, M>(x, xs, s, D, out); break;
+    case 9: dot_fixed<9, M>(x, xs, s, D, out); break;
+    case 11: dot_fixed<11, M>(x, xs, s, D, out); break;
+    case 13: dot_fixed<13, M>(x, xs, s, D, out); break;
+    default: dot_any<M>(x, xs, s, k, D, out);
   }
 }
 
 // out[t][b] = x[t] . src(b) for NR query rows that read the same key row: each key vector is
 // loaded once for all of them (NR*K accumulators: K <= 7 with 32 vector registers).
-template <int K, bool B, int NR>
+template <int K, int M, int NR>
 inline void dot_multi(const float* const* x, long xs, const Src& s, int D, float* const* out) {
+  simd::vi idx = index_of<M>(s);
   vf acc[NR][K];
   for (int t = 0; t < NR; ++t)
     for (int b = 0; b < K; ++b) acc[t][b] = simd::zero();
@@ -123,7 +142,7 @@ inline void dot_multi(const float* const* x, long xs, const Src& s, int D, float
     const float* p = s.base + c * s.cstride;
     vf kv[K];
 #pragma GCC unroll 8
-    for (int b = 0; b < K; ++b) kv[b] = lanes<B>(p + b * s.bstride);
+    for (int b = 0; b < K; ++b) kv[b] = lanes<M>(p + b * s.bstride, idx);
 #pragma GCC unroll 3
     for (int t = 0; t < NR; ++t) {
       vf xv = simd::load(x[t] + c * xs);
@@ -135,31 +154,32 @@ inline void dot_multi(const float* const* x, long xs, const Src& s, int D, float
     for (int b = 0; b < K; ++b) simd::store(out[t] + b * L, acc[t][b]);
 }
 
-template <int K, bool B>
+template <int K, int M>
 inline void dot_multi_rows(int nr, const float* const* x, long xs, const Src& s, int D, float* const* out) {
   if (nr == 3) {
-    dot_multi<K, B, 3>(x, xs, s, D, out);
+    dot_multi<K, M, 3>(x, xs, s, D, out);
   } else if (nr == 2) {
-    dot_multi<K, B, 2>(x, xs, s, D, out);
+    dot_multi<K, M, 2>(x, xs, s, D, out);
   } else {
-    dot_multi<K, B, 1>(x, xs, s, D, out);
+    dot_multi<K, M, 1>(x, xs, s, D, out);
   }
 }
 
 // nr (<= 3) query rows against one key row: shared loads for k <= 7 with 16 lanes (AVX-512),
 // one row at a time otherwise (fewer registers).
-template <bool B>
+template <int M>
 inline void dot_shared(int k, int nr, const float* const* x, long xs, const Src& s, int D, float* const* out) {
-  if (L == 16 && k == 3) return dot_multi_rows<3, B>(nr, x, xs, s, D, out);
-  if (L == 16 && k == 5) return dot_multi_rows<5, B>(nr, x, xs, s, D, out);
-  if (L == 16 && k == 7) return dot_multi_rows<7, B>(nr, x, xs, s, D, out);
-  for (int t = 0; t < nr; ++t) dot_row<B>(x[t], xs, s, k, D, out[t]);
+  if (L == 16 && k == 3) return dot_multi_rows<3, M>(nr, x, xs, s, D, out);
+  if (L == 16 && k == 5) return dot_multi_rows<5, M>(nr, x, xs, s, D, out);
+  if (L == 16 && k == 7) return dot_multi_rows<7, M>(nr, x, xs, s, D, out);
+  for (int t = 0; t < nr; ++t) dot_row<M>(x[t], xs, s, k, D, out[t]);
 }
 
 // out[t][c] += sum_b w[t][b] * src(b, c) for NR query rows that read the same value row, c in
 // [c0, c0 + CB): each value vector is loaded once for all of them (NR*CB accumulators).
-template <int NR, int CB, bool B>
+template <int NR, int CB, int M>
 inline void weighted_multi(const float* const* w, const Src& s, int k, int c0, float* const* out) {
+  simd::vi idx = index_of<M>(s);
   vf acc[NR][CB];
   for (int t = 0; t < NR; ++t)
     for (int cc = 0; cc < CB; ++cc) acc[t][cc] = simd::load(out[t] + (c0 + cc) * L);
@@ -169,7 +189,7 @@ inline void weighted_multi(const float* const* w, const Src& s, int k, int c0, f
     const float* p = s.base + b * s.bstride + c0 * s.cstride;
 #pragma GCC unroll 8
     for (int cc = 0; cc < CB; ++cc) {
-      vf v = lanes<B>(p + cc * s.cstride);
+      vf v = lanes<M>(p + cc * s.cstride, idx);
 #pragma GCC unroll 3
       for (int t = 0; t < NR; ++t) acc[t][cc] = simd::fma(wv[t], v, acc[t][cc]);
     }
@@ -178,22 +198,22 @@ inline void weighted_multi(const float* const* w, const Src& s, int k, int c0, f
     for (int cc = 0; cc < CB; ++cc) simd::store(out[t] + (c0 + cc) * L, acc[t][cc]);
 }
 
-template <int NR, bool B>
+template <int NR, int M>
 inline void weighted_multi_rows(const float* const* w, const Src& s, int k, int D, float* const* out) {
   int c = 0;
-  for (; c + 8 <= D; c += 8) weighted_multi<NR, 8, B>(w, s, k, c, out);
-  for (; c < D; ++c) weighted_multi<NR, 1, B>(w, s, k, c, out);
+  for (; c + 8 <= D; c += 8) weighted_multi<NR, 8, M>(w, s, k, c, out);
+  for (; c < D; ++c) weighted_multi<NR, 1, M>(w, s, k, c, out);
 }
 
 // out[t] (D, L) += the weighted sum of one value row for nr (<= 3) query rows reading it.
-template <bool B>
+template <int M>
 inline void weighted_shared(int nr, const float* const* w, const Src& s, int k, int D, float* const* out) {
   if (nr == 3) {
-    weighted_multi_rows<3, B>(w, s, k, D, out);
+    weighted_multi_rows<3, M>(w, s, k, D, out);
   } else if (nr == 2) {
-    weighted_multi_rows<2, B>(w, s, k, D, out);
+    weighted_multi_rows<2, M>(w, s, k, D, out);
   } else {
-    weighted_multi_rows<1, B>(w, s, k, D, out);
+    weighted_multi_rows<1, M>(w, s, k, D, out);
   }
 }
 

@@ -137,19 +137,19 @@ struct Scratch {  // one thread's buffers; s, dp, pr, sr hold kRows query rows' 
   }
 };
 
-// Border blocks: their lanes share one window, so their key (value) gradient is, per window
-// row a and neighbour b, a sum over the lanes of w[a*k+b] * x, (D). It is kept in acc, (H, k, D)
-// per side of the map, and added to the gradient map by finish_border.
-void border_outer_add(const Geometry& g, float* acc, int i, const Block& blk, const float* w, const float* x, float* xt) {
+// Border lanes [l0, l1) of a block share one window, so their key (value) gradient is, per
+// window row a and neighbour b, a sum over those lanes of w[a*k+b] * x, (D). It is kept in acc,
+// (H, k, D) per side of the map, and added to the gradient map by finish_border.
+void border_outer_add(const Geometry& g, float* acc, int i, int l0, int l1, const float* w, const float* x, float* xt) {
   int D = g.D;
-  for (int l = 0; l < blk.n; ++l)
+  for (int l = l0; l < l1; ++l)
     for (int c = 0; c < D; ++c) xt[l * D + c] = x[static_cast<long>(c) * g.Wp + l];
   for (int a = 0; a < g.k; ++a) {
     float* row = acc + static_cast<long>(g.rows.start(i) + a) * g.k * D;
     for (int b = 0; b < g.k; ++b) {
       const float* wb = w + (a * g.k + b) * L;
       float* o = row + b * D;
-      for (int l = 0; l < blk.n; ++l) {
+      for (int l = l0; l < l1; ++l) {
         float wl = wb[l];
         const float* xl = xt + l * D;
         for (int c = 0; c < D; ++c) o[c] += wl * xl[c];
@@ -188,7 +188,7 @@ void add_bias(const Geometry& g, const float* rpb, int i, const Block& blk, floa
     const float* row = rpb + g.rows.bias(i, a) * n2;
     for (int b = 0; b < k; ++b) {
       float* sb = s + (a * k + b) * L;
-      if (blk.interior) {
+      if (blk.mode == kPlain) {
         simd::store(sb, simd::add(simd::load(sb), simd::set1(row[k / 2 + b])));
       } else {
         for (int l = 0; l < L; ++l) sb[l] += row[blk.bias[b * L + l]];
@@ -204,7 +204,7 @@ void add_bias_grad(const Geometry& g, int i, const Block& blk, const float* ds, 
     int bh = g.rows.bias(i, a);
     for (int b = 0; b < k; ++b) {
       const float* d = ds + (a * k + b) * L;
-      if (blk.interior) {
+      if (blk.mode == kPlain) {
         float* acc = lanes + (bh * k + b) * L;
         simd::store(acc, simd::add(simd::load(acc), simd::load(d)));
       } else {
@@ -215,6 +215,17 @@ void add_bias_grad(const Geometry& g, int i, const Block& blk, const float* ds, 
 }
 
 // Logits of query row i's block, biased, softmaxed into w.s (lanes >= n zero).
+template <typename F>
+void by_mode(Mode mode, F f) {
+  if (mode == kPlain) {
+    f(std::integral_constant<int, kPlain>{});
+  } else if (mode == kPermute) {
+    f(std::integral_constant<int, kPermute>{});
+  } else {
+    f(std::integral_constant<int, kGather>{});
+  }
+}
+
 // x . keys for query rows i0 .. i0+nr-1 (nr <= kRows) of one block, into out[t], (k*k, L): each
 // key row of their windows is read once for all the rows that attend to it.
 void logits_shared(const Geometry& g, const float* x, float* keys, int i0, int nr, const Block& blk, float* out) {
@@ -230,12 +241,8 @@ void logits_shared(const Geometry& g, const float* x, float* keys, int i0, int n
       xs[t - t0] = x + g.row(i0 + t) + blk.j0;
       os[t - t0] = out + (static_cast<long>(t) * k + r - start[t]) * k * L;
     }
-    float* row = keys + g.row(r);
-    if (blk.interior) {
-      dot_shared<false>(k, t1 - t0, xs, g.Wp, Src{row + blk.j0 - k / 2, 1, g.Wp, false}, g.D, os);
-    } else {
-      dot_shared<true>(k, t1 - t0, xs, g.Wp, Src{row + blk.start, 1, g.Wp, true}, g.D, os);
-    }
+    Src src{keys + g.row(r) + blk.j0 - k / 2, 1, g.Wp, blk.idx.data()};
+    by_mode(blk.mode, [&](auto m) { dot_shared<decltype(m)::value>(k, t1 - t0, xs, g.Wp, src, g.D, os); });
   }
 }
 
@@ -262,12 +269,8 @@ void weighted_rows(const Geometry& g, float* values, int i0, int nr, const Block
       ws[t - t0] = w + (static_cast<long>(t) * k + r - start[t]) * k * L;
       os[t - t0] = out + static_cast<long>(t) * g.D * L;
     }
-    float* row = values + g.row(r);
-    if (blk.interior) {
-      weighted_shared<false>(t1 - t0, ws, Src{row + blk.j0 - k / 2, 1, g.Wp, false}, k, g.D, os);
-    } else {
-      weighted_shared<true>(t1 - t0, ws, Src{row + blk.start, 1, g.Wp, true}, k, g.D, os);
-    }
+    Src src{values + g.row(r) + blk.j0 - k / 2, 1, g.Wp, blk.idx.data()};
+    by_mode(blk.mode, [&](auto m) { weighted_shared<decltype(m)::value>(t1 - t0, ws, src, k, g.D, os); });
   }
   if (mul != 1.0f)
     for (long e = 0; e < static_cast<long>(nr) * g.D * L; ++e) out[e] *= mul;
@@ -324,15 +327,21 @@ void backward_block(const Geometry& g, const float* rpb, float* grad_rpb, int i,
     simd::store(d, simd::mul(simd::load(s + t * L), simd::sub(simd::load(d), delta)));
   }
   if (grad_rpb != nullptr) add_bias_grad(g, i, blk, dp, w.lanes.data(), grad_rpb);
-  if (blk.interior) {  // kept for the key-major pass (key_major) after the row's last block
-    for (int t = 0; t < kk; ++t) {
-      simd::store(pr + t * w.wr + w.off + blk.j0, simd::load(s + t * L));
-      simd::store(sr + t * w.wr + w.off + blk.j0, simd::load(dp + t * L));
-    }
-  } else {
-    long side = blk.start == 0 ? 0 : static_cast<long>(g.H) * g.k * g.D;
-    border_outer_add(g, w.bk.data() + side, i, blk, dp, w.q.data() + g.row(i) + blk.j0, w.xt.data());
-    border_outer_add(g, w.bv.data() + side, i, blk, s, w.dout.data() + g.row(i) + blk.j0, w.xt.data());
+  vf mask = simd::load(blk.mask.data());  // the interior lanes' P and dS: for key_major
+  for (int t = 0; t < kk; ++t) {
+    simd::store(pr + t * w.wr + w.off + blk.j0, simd::mul(mask, simd::load(s + t * L)));
+    simd::store(sr + t * w.wr + w.off + blk.j0, simd::mul(mask, simd::load(dp + t * L)));
+  }
+  const float* x = w.q.data() + g.row(i) + blk.j0;
+  const float* xo = w.dout.data() + g.row(i) + blk.j0;
+  if (blk.left > 0) {
+    border_outer_add(g, w.bk.data(), i, 0, blk.left, dp, x, w.xt.data());
+    border_outer_add(g, w.bv.data(), i, 0, blk.left, s, xo, w.xt.data());
+  }
+  if (blk.right < blk.n) {
+    long side = static_cast<long>(g.H) * g.k * g.D;
+    border_outer_add(g, w.bk.data() + side, i, blk.right, blk.n, dp, x, w.xt.data());
+    border_outer_add(g, w.bv.data() + side, i, blk.right, blk.n, s, xo, w.xt.data());
   }
 }
 

@@ -30,6 +30,10 @@ inline vf div(vf a, vf b) { return _mm512_div_ps(a, b); }
 inline vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline vf round(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf scale2(vf p, vf n) { return _mm512_scalef_ps(p, n); }  // p * 2^n, n integral
+using vi = __m512i;
+inline vi load_index(const int* p) { return _mm512_loadu_si512(p); }
+inline vf permute(vf x, vi i) { return _mm512_permutexvar_ps(i, x); }  // lane l: x[i[l]]
+inline vf gather(const float* p, vi i) { return _mm512_i32gather_ps(i, p, 4); }  // lane l: p[i[l]]
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
@@ -51,6 +55,10 @@ inline vf scale2(vf p, vf n) {  // n >= -126 here (exp clamps its argument)
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
+using vi = __m256i;
+inline vi load_index(const int* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline vf permute(vf x, vi i) { return _mm256_permutevar8x32_ps(x, i); }
+inline vf gather(const float* p, vi i) { return _mm256_i32gather_ps(p, i, 4); }
 
 #else
 
@@ -79,6 +87,16 @@ inline vf div(vf a, vf b) { NAT_LANES(a.v[l] / b.v[l]); }
 inline vf max(vf a, vf b) { NAT_LANES(a.v[l] > b.v[l] ? a.v[l] : b.v[l]); }
 inline vf round(vf x) { NAT_LANES(std::nearbyint(x.v[l])); }
 inline vf scale2(vf p, vf n) { NAT_LANES(std::ldexp(p.v[l], static_cast<int>(n.v[l]))); }
+struct vi {
+  int v[L];
+};
+inline vi load_index(const int* p) {
+  vi r;
+  for (int l = 0; l < L; ++l) r.v[l] = p[l];
+  return r;
+}
+inline vf permute(vf x, vi i) { NAT_LANES(x.v[i.v[l]]); }
+inline vf gather(const float* p, vi i) { NAT_LANES(p[i.v[l]]); }
 #undef NAT_LANES
 
 #endif
