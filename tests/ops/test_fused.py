@@ -30,6 +30,7 @@ CASES = [  # (height, width, kernel_size, dilation, head_dim): odd and non-squar
     (13, 14, 13, 1, 8),
     (17, 35, 3, 4, 24),  # a head_dim off the 8-channel blocks
     (7, 7, 7, 1, 5),  # every window is the whole map
+    (19, 21, 17, 1, 8),  # a kernel past the unrolled sizes (3-13)
 ]
 
 

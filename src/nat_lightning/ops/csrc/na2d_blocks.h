@@ -32,7 +32,7 @@ struct Axis {
 
 // How a block's lanes read their neighbours from base + lane: kPlain (all interior: lane l
 // reads base + l), kPermute (lane l reads base + idx[l], idx[l] < L: one load and a lane
-// permutation), kGather (any idx: a gather). base = column j0 - k/2 + b of the key row.
+// permutation), kGather (any idx: a gather). base = column j0 - k/2 + shift + b of the key row.
 enum Mode { kPlain = 0, kPermute = 1, kGather = 2 };
 
 // L consecutive query columns j0 .. j0+n-1 of a row (lanes past n repeat the last one).
@@ -40,7 +40,7 @@ enum Mode { kPlain = 0, kPermute = 1, kGather = 2 };
 // right ones at length - k): lanes [0, left) and [right, n). bias: rpb indices, (k, L); mask:
 // 1 on interior lanes.
 struct Block {
-  int j0, n, left, right;
+  int j0, n, left, right, shift;  // shift: base's column offset from j0 - k/2
   Mode mode;
   std::vector<int> idx, bias;
   std::vector<float> mask;
@@ -49,7 +49,7 @@ struct Block {
 inline std::vector<Block> column_blocks(const Axis& ax) {
   std::vector<Block> blocks;
   for (int j0 = 0; j0 < ax.length; j0 += L) {
-    Block blk{j0, std::min(L, ax.length - j0), 0, 0, kPlain, std::vector<int>(L), std::vector<int>(ax.k * L),
+    Block blk{j0, std::min(L, ax.length - j0), 0, 0, 0, kPlain, std::vector<int>(L), std::vector<int>(ax.k * L),
               std::vector<float>(L, 0.0f)};
     int widest = 0;
     bool interior = true;
@@ -65,7 +65,10 @@ inline std::vector<Block> column_blocks(const Axis& ax) {
     }
     blk.right = blk.left;
     while (blk.right < blk.n && ax.interior(j0 + blk.right)) ++blk.right;
-    blk.mode = interior ? kPlain : widest < L ? kPermute : kGather;
+    int lowest = *std::min_element(blk.idx.begin(), blk.idx.end());  // < 0 in a last, short block
+    blk.shift = std::min(lowest, 0);
+    for (int& x : blk.idx) x -= blk.shift;
+    blk.mode = interior ? kPlain : widest - blk.shift < L ? kPermute : kGather;
     blocks.push_back(std::move(blk));
   }
   return blocks;

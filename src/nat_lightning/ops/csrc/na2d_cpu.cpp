@@ -241,7 +241,7 @@ void logits_shared(const Geometry& g, const float* x, float* keys, int i0, int n
       xs[t - t0] = x + g.row(i0 + t) + blk.j0;
       os[t - t0] = out + (static_cast<long>(t) * k + r - start[t]) * k * L;
     }
-    Src src{keys + g.row(r) + blk.j0 - k / 2, 1, g.Wp, blk.idx.data()};
+    Src src{keys + g.row(r) + blk.j0 - k / 2 + blk.shift, 1, g.Wp, blk.idx.data()};
     by_mode(blk.mode, [&](auto m) { dot_shared<decltype(m)::value>(k, t1 - t0, xs, g.Wp, src, g.D, os); });
   }
 }
@@ -269,7 +269,7 @@ void weighted_rows(const Geometry& g, float* values, int i0, int nr, const Block
       ws[t - t0] = w + (static_cast<long>(t) * k + r - start[t]) * k * L;
       os[t - t0] = out + static_cast<long>(t) * g.D * L;
     }
-    Src src{values + g.row(r) + blk.j0 - k / 2, 1, g.Wp, blk.idx.data()};
+    Src src{values + g.row(r) + blk.j0 - k / 2 + blk.shift, 1, g.Wp, blk.idx.data()};
     by_mode(blk.mode, [&](auto m) { weighted_shared<decltype(m)::value>(t1 - t0, ws, src, k, g.D, os); });
   }
   if (mul != 1.0f)
