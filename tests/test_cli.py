@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nat_lightning import NatForImageClassification
 from nat_lightning.cli import main
@@ -32,6 +33,26 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "model:" in capsys.readouterr().out
+
+
+SEGMENTATION = [c for c in CONFIGS if "NatSegmenter" in c.read_text()]
+
+
+@pytest.mark.parametrize("config", SEGMENTATION, ids=lambda p: p.name)
+def test_segmentation_configs_choose_the_segmenter_its_data_metric_and_writer(config, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "nat_lightning.NatSegmenter"
+    assert printed["data"]["class_path"] == "nat_lightning.HFSegmentationDataModule"
+    assert printed["checkpoint"]["monitor"] == "val/miou"
+    assert "overlay" in printed["prediction"]  # MaskWriter's, not the classes CSV's
+
+
+def test_seven_segmentation_configs():
+    names = {c.name for c in SEGMENTATION}
+    assert names == {"seg_quickstart.yaml", "finetune_sidewalk.yaml"} | {
+        f"ade20k_upernet_{v}.yaml" for v in ("nat_mini", "nat_tiny", "nat_small", "nat_base", "dinat_tiny")}
 
 
 def test_a_misspelt_key_is_named(capsys):

@@ -231,3 +231,13 @@ def test_onnx_without_onnx_names_the_extra(checkpoint, tmp_path, monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r'pip install "nat-lightning\[onnx\]"'):
         export(str(checkpoint), str(tmp_path / "model.onnx"), format="onnx")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("size_in, size_out", [((16, 16), 6), ((2, 3), 6), ((7, 5), 3), ((9, 13), 2), ((1, 1), 1)])
+def test_fixed_adaptive_pool_equals_torchs_adaptive_pool(size_in, size_out):
+    """The ONNX export's stand-in for UPerNet's pyramid pooling, against torch's own op."""
+    from nat_lightning.export import FixedAdaptivePool
+
+    x = torch.randn(2, 3, *size_in, dtype=torch.float64)
+    pool = FixedAdaptivePool(size_in, (size_out, size_out)).double()
+    torch.testing.assert_close(pool(x), torch.nn.functional.adaptive_avg_pool2d(x, size_out))

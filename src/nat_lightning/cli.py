@@ -39,7 +39,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from . import runs, task_choice
 from .callbacks.checkpoints import AtomicCheckpointIO, ExceptionCheckpoint, LastCheckpoint
-from .callbacks.prediction_writer import PredictionWriter
 from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
 
@@ -124,7 +123,9 @@ class NatLightningCLI(LightningCLI):
                 }
             )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
-        parser.add_lightning_class_args(PredictionWriter, "prediction")
+        # predict's outputs: a CSV of classes, or mask PNGs and their index for the segmenter
+        task = self._task or task_choice.DEFAULT_TASK
+        parser.add_lightning_class_args(task_choice.import_class(task.writer), "prediction")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self._args = args  # kept for the second parse with a checkpoint's defaults

@@ -1,4 +1,5 @@
-"""Export a trained NatClassifier checkpoint: transformers-layout folder, ONNX, or the Hub.
+"""Export a trained NatClassifier or NatSegmenter checkpoint: transformers-layout folder, ONNX,
+or the Hub.
 
     nat-lightning export --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --output exported/digits
     nat-lightning export --ckpt_path ... --output model.onnx --format onnx
@@ -23,18 +24,28 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load_checkpoint(ckpt_path: str):
-    """The classifier and the raw checkpoint dict; a clear error for missing or corrupt files."""
-    from .tasks import NatClassifier
+    """The task (NatClassifier or NatSegmenter, as the checkpoint was trained) and the raw
+    checkpoint dict; a clear error for missing or corrupt files."""
+    from .task_choice import DEFAULT_TASK, checkpoint_class, import_class
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist or is not a file")
+    task = import_class(checkpoint_class(str(path)) or DEFAULT_TASK.model)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model = NatClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        model = task.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad file
-        raise ValueError(f"ckpt_path={ckpt_path!r} is not a readable NatClassifier checkpoint: {err}") from err
+        raise ValueError(
+            f"ckpt_path={ckpt_path!r} is not a readable {task.__name__} checkpoint: {err}"
+        ) from err
     return model.eval(), checkpoint
+
+
+def is_segmenter(model) -> bool:
+    from .tasks import NatSegmenter
+
+    return isinstance(model, NatSegmenter)
 
 
 def data_settings(checkpoint: dict) -> tuple[int, float, list[float], list[float]]:
@@ -81,25 +92,74 @@ def preprocessor_config(checkpoint: dict) -> dict:
     }
 
 
-def model_card(model, checkpoint: dict) -> str:
+def segmentation_preprocessor_config(model, checkpoint: dict) -> dict:
+    """transformers' preprocessor_config.json for HFSegmentationDataModule's evaluation
+    transform: shorter side to ``eval_size`` (bilinear, aspect kept), normalise. CLIPImageProcessor
+    without its centre crop does that; our padding to a multiple of 32 changes no prediction
+    inside the image, so it has no counterpart there."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    dataset = data.get("dataset")
-    dataset = "the embedded 8x8 digits" if dataset is None else str(dataset)
+    recorded = model.preprocessing or {}
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"shortest_edge": int(data.get("eval_size") or data.get("crop_size") or 512)},
+        "resample": 2,  # PIL.Image.BILINEAR, as the evaluation resize
+        "do_center_crop": False,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(recorded.get("mean") or data.get("mean") or IMAGENET_MEAN),
+        "image_std": list(recorded.get("std") or data.get("std") or IMAGENET_STD),
+    }
+
+
+def _scores(checkpoint: dict) -> str:
+    """The best values the checkpoint's ModelCheckpoint callbacks recorded, as table rows."""
     scores = [
         (cb_state.get("monitor"), cb_state.get("best_model_score"))
         for name, cb_state in (checkpoint.get("callbacks") or {}).items()
         if name.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None
     ]
-    metrics = "\n".join(f"| {m} | {float(s):.4f} |" for m, s in scores) or "| (none recorded) | |"
+    return "\n".join(f"| {m} | {float(s):.4f} |" for m, s in scores) or "| (none recorded) | |"
+
+
+# what a model card says of each task: embedded data, tags, pipeline, title, class names
+_CARDS = {
+    "classifier": (
+        "the embedded 8x8 digits",
+        "image-classification",
+        "image-classification",
+        "{kind} image classifier",
+        "NatForImageClassification",
+        "AutoModelForImageClassification",
+    ),
+    "segmenter": (
+        "the embedded shapes",
+        "image-segmentation, semantic-segmentation, upernet",
+        "image-segmentation",
+        "UPerNet + {kind} semantic segmentation",
+        "NatForSemanticSegmentation",
+        "UperNetForSemanticSegmentation",
+    ),
+}
+
+
+def model_card(model, checkpoint: dict) -> str:
+    segmenter = is_segmenter(model)
+    embedded, tags, pipeline, title, ours, theirs = _CARDS["segmenter" if segmenter else "classifier"]
+    config = model.network.config.backbone if segmenter else model.network.config
+    kind = "DiNAT" if config.dilations else "NAT"
+    dataset = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
+    dataset = embedded if dataset is None else str(dataset)
     labels = ", ".join(f"`{v}`" for v in model.id2label.values())
-    kind = "DiNAT" if model.network.config.dilations else "NAT"
     return f"""---
 library_name: transformers
-tags: [image-classification, nat_lightning, {kind.lower()}]
-pipeline_tag: image-classification
+tags: [{tags}, nat_lightning, {kind.lower()}]
+pipeline_tag: {pipeline}
 ---
 
-# {kind} image classifier
+# {title.format(kind=kind)}
 
 Trained with [nat_lightning](https://github.com/) on **{dataset}**, {checkpoint.get("epoch", "?")} epochs
 ({checkpoint.get("global_step", "?")} optimizer steps).
@@ -108,10 +168,10 @@ Labels ({len(model.id2label)}): {labels}
 
 | metric | value |
 |---|---:|
-{metrics}
+{_scores(checkpoint)}
 
-Load it with `nat_lightning.NatForImageClassification.from_pretrained(path)`, or with
-transformers <= 4.40 and NATTEN <= 0.17 (`AutoModelForImageClassification`).
+Load it with `nat_lightning.{ours}.from_pretrained(path)`, or with
+transformers <= 4.40 and NATTEN <= 0.17 (`{theirs}`).
 """
 
 
@@ -125,16 +185,18 @@ def export(
     push_to_hub: str | None = None,
     private: bool = True,
 ) -> Path:
-    """Export a NatClassifier checkpoint.
+    """Export a NatClassifier or NatSegmenter checkpoint.
 
     Args:
         ckpt_path: the Lightning checkpoint (.ckpt) to read.
         output: a folder (``hf``) or a ``.onnx`` file (``onnx``).
-        format: ``hf`` = transformers layout with preprocessor_config.json and a model card;
-            ``onnx`` = an ONNX graph of the network for one fixed image size, torch attention backend
+        format: ``hf`` = transformers layout (an UperNetForSemanticSegmentation folder for a
+            segmenter) with preprocessor_config.json and a model card; ``onnx`` = an ONNX graph
+            of the network (logits) for one fixed image size, torch attention backend
             (pip install "nat-lightning[onnx]").
         overwrite: replace ``output`` when it exists.
-        image_size: input size for ONNX; by default the one the data module used.
+        image_size: input size for ONNX; by default the one the data module used (the
+            segmenter's: its eval_size, square).
         opset: ONNX opset version.
         push_to_hub: a Hub repo id to upload the ``hf`` folder to (needs network and a token).
         private: create the Hub repo as private.
@@ -155,7 +217,7 @@ def export(
             built = tmp
         else:
             built = tmp / target.name
-            write_onnx(model, built, image_size or data_settings(checkpoint)[0], opset)
+            write_onnx(model, built, image_size or onnx_size(model, checkpoint), opset)
         _share_modes(built)
         _move_into_place(built, target)
     finally:
@@ -165,9 +227,20 @@ def export(
     return target
 
 
+def onnx_size(model, checkpoint: dict) -> int:
+    if is_segmenter(model):
+        return segmentation_preprocessor_config(model, checkpoint)["size"]["shortest_edge"]
+    return data_settings(checkpoint)[0]
+
+
 def write_hf_folder(model, checkpoint: dict, folder: Path) -> None:
     model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(checkpoint), indent=2))
+    config = (
+        segmentation_preprocessor_config(model, checkpoint)
+        if is_segmenter(model)
+        else preprocessor_config(checkpoint)
+    )
+    (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
     (folder / "README.md").write_text(model_card(model, checkpoint))
 
 
@@ -185,6 +258,7 @@ def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
     network = model.network
     network.set_attention_backend("torch")  # NATTEN's kernels do not export
     dummy = torch.zeros(1, 3, image_size, image_size)
+    fix_adaptive_pools(network, dummy)
 
     class Logits(torch.nn.Module):
         def __init__(self, net):
@@ -198,6 +272,48 @@ def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
         Logits(network).eval(), (dummy,), str(path), input_names=["pixel_values"], output_names=["logits"],
         dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
     )
+
+
+class FixedAdaptivePool(torch.nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for one known input size as two constant pooling matrices:
+    ONNX's adaptive pooling needs the input size, which the exporter loses after neighbourhood
+    attention's padding (UPerNet's pyramid pooling). Exact: the same windows, the same means."""
+
+    def __init__(self, size_in: tuple[int, int], size_out: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("rows", pooling_matrix(size_in[0], size_out[0]), persistent=False)
+        self.register_buffer("cols", pooling_matrix(size_in[1], size_out[1]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, C, s, s)
+        return torch.matmul(torch.matmul(self.rows, x), self.cols.t())
+
+
+def pooling_matrix(size: int, out: int) -> torch.Tensor:
+    """(out, size): row i averages adaptive pooling's window i, [floor(i n/s), ceil((i+1) n/s))."""
+    matrix = torch.zeros(out, size)
+    for i in range(out):
+        start, end = i * size // out, -(-(i + 1) * size // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def fix_adaptive_pools(network: torch.nn.Module, dummy: torch.Tensor) -> None:
+    """Replace every ``nn.AdaptiveAvgPool2d`` by a FixedAdaptivePool for the input size it sees
+    on ``dummy`` (an export is for one image size)."""
+    pools = {n: m for n, m in network.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)}
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, tuple(i[0].shape[-2:])))
+        for n, m in pools.items()
+    ]
+    with torch.no_grad():
+        network.eval()(dummy)
+    for hook in hooks:
+        hook.remove()
+    for name, pool in pools.items():
+        out = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+        parent, _, attr = name.rpartition(".")
+        setattr(network.get_submodule(parent), attr, FixedAdaptivePool(sizes[name], out))
 
 
 def _share_modes(path: Path) -> None:

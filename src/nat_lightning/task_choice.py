@@ -30,6 +30,7 @@ class Task:
     data: str  # class path of its default data module
     monitor: str  # the metric ModelCheckpoint keeps the best epochs by (higher is better)
     filename: str  # ModelCheckpoint's file name of those epochs
+    writer: str  # class path of the callback that writes predict's outputs (``--prediction.*``)
 
 
 TASKS = (
@@ -38,12 +39,14 @@ TASKS = (
         "nat_lightning.HFImageDataModule",
         "val/acc1",
         "epoch{epoch:03d}-acc{val/acc1:.4f}",
+        "nat_lightning.callbacks.prediction_writer.PredictionWriter",
     ),
     Task(
         "nat_lightning.NatSegmenter",
         "nat_lightning.HFSegmentationDataModule",
         "val/miou",
         "epoch{epoch:03d}-miou{val/miou:.4f}",
+        "nat_lightning.callbacks.mask_writer.MaskWriter",
     ),
 )
 DEFAULT_TASK = TASKS[0]

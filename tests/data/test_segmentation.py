@@ -276,7 +276,7 @@ def test_mean_and_std_come_from_the_argument_then_the_config_then_the_module(tmp
     ("argument", "message"),
     [
         ({"mask_size_mismatch": "crop"}, "mask_size_mismatch='crop': expected 'resize' or 'error'"),
-        ({"num_classes": 300}, "num_classes=300: expected in 1..255"),
+        ({"unnamed_classes": 300}, "unnamed_classes=300: expected in 1..255"),
         ({"scale_range": (2.0, 1.0)}, r"scale_range=\(2.0, 1.0\): expected \(low, high\)"),
         ({"crop_size": 0}, "crop_size=0: expected >= 1"),
         ({"color_map": {"#12345": 1}}, "color_map key '#12345'"),

@@ -179,17 +179,17 @@ def test_an_empty_batch_is_skipped_in_every_stage():
 def test_sliding_window_inference_in_the_module():
     x = torch.randn(1, 3, 32, 32)
     whole = tiny(num_classes=3).eval()
-    slide = tiny(num_classes=3, inference="slide", crop_size=32).eval()
+    slide = tiny(num_classes=3, inference="slide", window_size=32).eval()
     slide.load_state_dict(whole.state_dict())
     torch.testing.assert_close(slide.infer(x), whole.infer(x))  # one window: the whole image
     windows = []
-    slide.hparams.crop_size, slide.hparams.stride = 16, 8
+    slide.hparams.window_size, slide.hparams.window_stride = 16, 8
     slide.forward = lambda images: (
         windows.append(images.shape[-2:]) or torch.zeros(1, 3, *images.shape[-2:])
     )
     slide.infer(x)
     assert windows == [(16, 16)] * 9
-    with pytest.raises(ValueError, match="needs a window: set crop_size"):
+    with pytest.raises(ValueError, match="needs a window: set window_size"):
         tiny(num_classes=3, inference="slide").infer(x)
 
 
@@ -234,6 +234,21 @@ def test_classification_checkpoints_give_the_backbone(tmp_path):
     )
     from_ckpt = NatSegmenter(pretrained=str(tmp_path / "cls.ckpt"), num_classes=3, **HEADS)
     torch.testing.assert_close(from_ckpt.backbone.state_dict()["levels.0.blocks.0.attn.rpb"], rpb)
+
+
+def test_dilations_replace_the_pretrained_classifiers_and_keep_its_weights():
+    """DiNAT's segmentation recipes run larger dilations than the classifiers they start from."""
+    folder = FIXTURES / "hf_dinat_tiny_random"  # dilations [[1], [1, 2], [1, 2], [1]]
+    wider = [[2], [1, 3], [1, 2], [1]]
+    model = NatSegmenter(pretrained=str(folder), num_classes=3, dilations=wider, **HEADS)
+    assert model.network.config.backbone.dilations == wider
+    reference = NatForImageClassification.from_pretrained(folder).nat.state_dict()
+    shared = [n for n in model.backbone.state_dict() if n in reference]
+    assert len(shared) > 20 and all(torch.equal(model.backbone.state_dict()[n], reference[n]) for n in shared)
+    assert model.backbone.levels[0].blocks[0].attn.dilation == 2
+    with pytest.raises(ValueError, match="dilations"):  # a config that differs, not asked for
+        NatSegmenter(pretrained=str(folder), num_classes=3, model={**NatForImageClassification
+                     .from_pretrained(folder).config.to_fields(), "dilations": wider}, **HEADS)
 
 
 def test_a_segmenter_checkpoint_gives_the_whole_network_with_new_classes(tmp_path):

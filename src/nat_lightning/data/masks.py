@@ -78,12 +78,12 @@ def class_names(
         raise ValueError(
             f"dataset {describe(dataset)} does not name its classes (no ClassLabel feature; "
             f"columns: {overview(features)}); pass labels_file= (a JSON of id -> name) or "
-            "num_classes="
+            "unnamed_classes="
         )
     if num_classes is not None and num_classes != len(names):
         raise ValueError(
-            f"num_classes={num_classes} but {origin} names {len(names)} classes; expected them "
-            "to agree (or num_classes=None)"
+            f"unnamed_classes={num_classes} but {origin} names {len(names)} classes; expected them "
+            "to agree (or unnamed_classes=None)"
         )
     return names
 

@@ -39,7 +39,10 @@ SEGMENTATION_RANGES = {  # argument -> (is it valid, what is expected)
     "scale_range": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "(low, high), 0 < low <= high"),
     "cat_max_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "num_classes": (lambda v: v is None or 1 <= v <= 255, "in 1..255 (255 is ignored) or None"),
+    "unnamed_classes": (
+        lambda v: v is None or 1 <= v <= 255,
+        "in 1..255 (255 is ignored) or None",
+    ),
     "mask_size_mismatch": (lambda v: v in ("resize", "error"), "'resize' or 'error'"),
 }
 
@@ -52,7 +55,7 @@ class HFSegmentationDataModule(HFDataModule):
     HFImageDataModule (same base): evaluation reads every example exactly once over the ranks.
 
     ``num_classes`` and ``id2label`` are known right after ``__init__``: from ``labels_file``,
-    else the ClassLabel of a list column (the classes each mask holds), else ``num_classes``
+    else the ClassLabel of a list column (the classes each mask holds), else ``unnamed_classes``
     (named ``class_i``).
 
     Preprocessing (``mean``, ``std``): the argument, else the ``preprocessor_config`` file, else
@@ -73,7 +76,7 @@ class HFSegmentationDataModule(HFDataModule):
         val_fraction: float = 0.1,
         image_column: str | None = None,
         mask_column: str | None = None,
-        num_classes: int | None = None,
+        unnamed_classes: int | None = None,
         labels_file: str | None = None,
         reduce_labels: bool = False,
         color_map: dict[str, int] | None = None,
@@ -113,7 +116,7 @@ class HFSegmentationDataModule(HFDataModule):
         image_column: image column; None: the first of image, pixel_values.
         mask_column: mask column; None: the first of annotation, label, mask, segmentation_mask,
             semantic_map.
-        num_classes: classes when the dataset names none (they are called class_i); None: as
+        unnamed_classes: classes when the dataset names none (they are called class_i); None: as
             many as labels_file or the dataset names.
         labels_file: a JSON of id -> name (ids after reduce_labels) or a list of names; None: the
             names of the dataset's ClassLabel list column (the classes each mask holds).
@@ -191,7 +194,7 @@ class HFSegmentationDataModule(HFDataModule):
         features = self._features("a dataset with an image column and a mask column")
         image = find_column(features, self.dataset, hp.image_column, "image_column", IMAGE_NAMES)
         mask = find_column(features, self.dataset, hp.mask_column, "mask_column", MASK_NAMES)
-        names = class_names(features, hp.labels_file, hp.num_classes, self.dataset)
+        names = class_names(features, hp.labels_file, hp.unnamed_classes, self.dataset)
         return MaskColumns(image, mask, names)
 
     def _kept_columns(self) -> tuple[list[str | None], list[str]]:

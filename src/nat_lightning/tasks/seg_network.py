@@ -15,6 +15,7 @@ from typing import Any
 from ..data.shapes import SHAPES_CLASSES
 from ..models import NatConfig, NatForSemanticSegmentation, UperNetConfig
 from ..models.hub import resolve_pretrained
+from ..models.pretrained import read_checkpoint
 from .network import check_variant, read_lightning_checkpoint, resolve_config
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def _on_backbone(weights, source, model, backbone, num_classes, id2label, head, 
     elif model is not None:
         backbone = resolve_config(model)
     config = segmentation_config(backbone, num_classes, id2label, head, overrides)
+    if "dilations" in overrides and isinstance(weights, str):
+        # asked for other dilations than the checkpoint's config.json: its weights fit them all
+        weights = read_checkpoint(resolve_pretrained(weights))[1]
     return NatForSemanticSegmentation.from_backbone(weights, config)
 
 

@@ -50,6 +50,7 @@ class NatSegmenter(NatTask):
         preprocessing: dict[str, Any] | None = None,
         attention_backend: str = "auto",
         drop_path_rate: float | None = None,
+        dilations: list[list[int]] | None = None,
         hidden_size: int | None = None,
         pool_scales: tuple[int, ...] | None = None,
         use_auxiliary_head: bool | None = None,
@@ -73,8 +74,8 @@ class NatSegmenter(NatTask):
         compile: bool = False,
         sync_batchnorm: bool = True,
         inference: Literal["whole", "slide"] = "whole",
-        crop_size: int | None = None,
-        stride: int | None = None,
+        window_size: int | None = None,
+        window_stride: int | None = None,
         scales: list[float] = [1.0],  # noqa: B006 (a CLI default, never mutated)
         flip: bool = False,
     ):
@@ -93,6 +94,9 @@ class NatSegmenter(NatTask):
             None: the pretrained folder's preprocessor_config.json. Fit records the data's.
         attention_backend: ``auto``, ``torch``, ``natten`` or ``reference`` (see nat_lightning.ops).
         drop_path_rate: the backbone's stochastic depth rate; None keeps its config's.
+        dilations: DiNAT's dilation of every block, per stage, replacing the model's and the
+            pretrained checkpoint's (weights do not depend on it): the segmentation recipes use
+            larger ones for 512 px crops than the 224 px classifiers they start from.
         hidden_size: channels of the decode head; None: the pretrained UperNet's, else 512 (64
             for the default tiny model). So are the other head sizes below (None: theirs, else
             UperNetConfig's defaults).
@@ -123,10 +127,11 @@ class NatSegmenter(NatTask):
         sync_batchnorm: under several GPU processes, normalise the heads' BatchNorms with the
             statistics of the global batch (SyncBatchNorm); Trainer(sync_batchnorm=True) is not
             needed. CPU processes cannot sync them (torch supports GPUs only) and keep their own.
-        inference: ``whole`` image, or ``slide``: windows of ``crop_size`` every ``stride``
+        inference: ``whole`` image, or ``slide``: windows of ``window_size`` every ``window_stride``
             pixels, their logits averaged where they overlap (mmseg's slide_inference).
-        crop_size: window side for ``slide``; None: the datamodule's crop_size.
-        stride: window step for ``slide``; None: two thirds of crop_size (mmseg's 341 for 512).
+        window_size: window side for ``slide``; None: the datamodule's crop_size.
+        window_stride: window step for ``slide``; None: two thirds of window_size (mmseg's 341
+            for 512).
         scales: test-time scales; several, or ``flip``, average the views' softmax.
         flip: add horizontally flipped views at test time.
         """
@@ -144,6 +149,8 @@ class NatSegmenter(NatTask):
         overrides = {"attention_backend": attention_backend}
         if drop_path_rate is not None:
             overrides["drop_path_rate"] = drop_path_rate
+        if dilations is not None:
+            overrides["dilations"] = dilations
         self.network = build_segmentation_network(
             model, pretrained, num_classes, id2label, head, overrides
         )
@@ -229,12 +236,12 @@ class NatSegmenter(NatTask):
 
     def _window(self) -> tuple[int, int]:
         data = self._trainer.datamodule if self._trainer is not None else None
-        crop = self.hparams.crop_size or getattr(data, "crop_size", None)
+        crop = self.hparams.window_size or getattr(data, "crop_size", None)
         if crop is None:
             raise ValueError(
-                "inference='slide' needs a window: set crop_size (no datamodule gives one)"
+                "inference='slide' needs a window: set window_size (no datamodule gives one)"
             )
-        return crop, self.hparams.stride or max(1, crop * 2 // 3)
+        return crop, self.hparams.window_stride or max(1, crop * 2 // 3)
 
     # -- steps ---------------------------------------------------------------------------------
 
