@@ -65,7 +65,8 @@ Map<T> group_of(const Map<T>& m, const Geometry& g, int d) {  // rows gi::d, col
 
 template <typename T>
 void pack(const Map<T>& m, int b, int h, const Geometry& g, float mul, float* dst) {
-  std::fill(dst, dst + g.plane(), 0.0f);
+  for (long row = 0; row < static_cast<long>(g.H) * g.D; ++row)  // the pad columns
+    std::fill(dst + row * g.Wp + g.W, dst + (row + 1) * g.Wp, 0.0f);
   for (int i = 0; i < g.H; ++i) {
     if constexpr (std::is_same_v<T, float>) {
       if (m.s[4] == 1) {  // channels contiguous: register transposes
@@ -303,16 +304,19 @@ void prepare_backward(const Geometry& g, const Map<T>* qkv, const Map<T>& gout, 
   pack(qkv[1], b, h, g, 1.0f, w.k.data());
   pack(qkv[2], b, h, g, 1.0f, w.v.data());
   pack(gout, b, h, g, 1.0f, w.dout.data());
+  pack(out, b, h, g, 1.0f, w.dk.data());  // O, for a moment
+  std::fill(w.delta.begin(), w.delta.end(), 0.0f);
+  for (int i = 0; i < g.H; ++i) {  // rowsum(dP * P) = rowsum(dO * O), columns in the lanes
+    float* d = w.delta.data() + static_cast<long>(i) * g.Wp;
+    for (int c = 0; c < g.D; ++c) {
+      const float* dout = w.dout.data() + g.row(i) + static_cast<long>(c) * g.Wp;
+      const float* o = w.dk.data() + g.row(i) + static_cast<long>(c) * g.Wp;
+      for (int j = 0; j < g.W; j += L) simd::store(d + j, simd::fma(simd::load(dout + j), simd::load(o + j), simd::load(d + j)));
+    }
+  }
   w.dk.zero();
   w.dv.zero();
   for (auto* x : {&w.lanes, &w.bk, &w.bv, &w.pr, &w.sr}) std::fill(x->begin(), x->end(), 0.0f);
-  std::fill(w.delta.begin(), w.delta.end(), 0.0f);
-  for (int i = 0; i < g.H; ++i)  // rowsum(dP * P) = rowsum(dO * O)
-    for (int j = 0; j < g.W; ++j) {
-      float sum = 0.0f;
-      for (int c = 0; c < g.D; ++c) sum += static_cast<float>(gout.at(b, i, j, h, c)) * static_cast<float>(out.at(b, i, j, h, c));
-      w.delta[static_cast<long>(i) * g.Wp + j] = sum;
-    }
 }
 
 // One block of query row i, whose logits are in s and dP in dp (logits_shared): P and dS in
