@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.runner import cli, last_value, load, metrics
+from tests.runner import cli, last_value, load, metrics, offline_env, run_module
 
 from nat_lightning import NatForSemanticSegmentation, NatSegmenter
 from nat_lightning.data import SHAPES_CLASSES
@@ -110,3 +110,16 @@ def test_a_two_process_fit_validates_every_image_once(tmp_path):
     assert "sync_dist" not in out
     assert any(k.startswith("network.") and "running_mean" in k for k in last["state_dict"])
     assert 0.0 <= last_value(metrics(tmp_path / "version_0"), "val/miou") <= 1.0
+
+
+def test_the_hub_fine_tune_recipe_fails_clearly_offline(tmp_path):
+    """Without network or cache: the error itself (not jsonargparse's wrapping) names the
+    checkpoint, then, with no pretrained weights, the dataset."""
+    args = ["fit", "--config", "configs/finetune_sidewalk.yaml", "--trainer.default_root_dir", str(tmp_path)]
+    env = {**offline_env(tmp_path), "HF_HOME": str(tmp_path / "hf_home")}
+    code, out = run_module("nat_lightning", *args, timeout=120, env=env)
+    last = out.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("OSError: could not load 'shi-labs/nat-mini-in1k-224'"), out[-2000:]
+    assert "HF_HUB_OFFLINE" in last and "Union subtypes" not in out
+    code, out = run_module("nat_lightning", *args, "--model.pretrained", "null", timeout=120, env=env)
+    assert code == 1 and "segments/sidewalk-semantic" in out.strip().splitlines()[-1], out[-2000:]

@@ -159,6 +159,17 @@ class NatLightningCLI(LightningCLI):
         super().parse_arguments(self.parser, self._args)
         self.config[subcommand]["ckpt_path"] = str(path)
 
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, but an error raised while building the model or the data is raised
+        as it is: in subclass mode jsonargparse wraps it in "does not validate against any of
+        the Union subtypes", listing it among errors of types that were never asked for."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            if err.__cause__ is not None and "Union subtypes" in str(err):
+                raise err.__cause__ from None
+            raise
+
     def before_instantiate_classes(self) -> None:
         """Choose this run's folder and point checkpoints and outputs into it."""
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: flat
