@@ -1,7 +1,7 @@
 // Geometry and inner loops of the fused neighborhood-attention kernel (na2d_cpu.cpp).
 //
 // Layout: for one (batch, head, dilation group) every map (queries, keys, values, gradients)
-// is a transposed fp32 copy (row, D, Wp), Wp = W + L: the columns of a row are contiguous, so L
+// is a transposed fp32 copy (row, D, Wp), Wp >= W + L: the columns of a row are contiguous, so L
 // consecutive query columns of one row sit in the L lanes of a vector. A query column j far
 // enough from the borders ("interior") attends to columns j - k/2 + b, b < k, which for L
 // consecutive queries are L consecutive floats: every key and value access is one unaligned

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <tuple>
@@ -35,7 +36,8 @@ std::vector<Geometry> groups(const at::Tensor& q, int64_t k, int64_t d, double s
   for (int gi = 0; gi < d; ++gi)
     for (int gj = 0; gj < d; ++gj) {
       int H = (q.size(1) - gi + d - 1) / d, W = (q.size(2) - gj + d - 1) / d;
-      Geometry g{gi, gj, H, W, static_cast<int>(q.size(4)), static_cast<int>(k), W + L, static_cast<float>(scale),
+      int Wp = (W + 2 * L - 1) / L * L;  // >= W + L, whole vectors: rows start 64-byte aligned
+      Geometry g{gi, gj, H, W, static_cast<int>(q.size(4)), static_cast<int>(k), Wp, static_cast<float>(scale),
                  Axis{H, static_cast<int>(k)}, Axis{W, static_cast<int>(k)}, {}};
       g.blocks = column_blocks(g.cols);
       out.push_back(std::move(g));
@@ -102,8 +104,9 @@ void unpack(const float* src, const Geometry& g, int b, int h, const Map<T>& m) 
 class Plane {
  public:
   void init(long size, long margin) {
-    buf_.assign(size + 2 * margin, 0.0f);
-    data_ = buf_.data() + margin;
+    buf_.assign(size + 2 * margin + L, 0.0f);
+    auto address = reinterpret_cast<std::uintptr_t>(buf_.data() + margin);
+    data_ = buf_.data() + margin + (L - address / sizeof(float) % L) % L;  // vector-aligned
     size_ = size;
   }
   float* data() { return data_; }
