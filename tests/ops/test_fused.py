@@ -136,6 +136,17 @@ def test_auto_picks_the_fused_kernel_on_the_cpu():
         na2d(q.double(), q.double(), q.double(), 3, backend="fused")
 
 
+def test_auto_keeps_dense_attention_where_every_window_is_the_map():
+    """A k x k map (per dilation group) is plain attention in the torch backend, faster there."""
+    assert select_backend("auto", torch.zeros(1, 7, 7, 2, 8), None, kernel_size=7) == "torch"
+    assert (
+        select_backend("auto", torch.zeros(1, 14, 14, 2, 8), None, kernel_size=7, dilation=2)
+        == "torch"
+    )
+    assert select_backend("auto", torch.zeros(1, 8, 7, 2, 8), None, kernel_size=7) == "fused"
+    assert select_backend("fused", torch.zeros(1, 7, 7, 2, 8), None, kernel_size=7) == "fused"
+
+
 def test_opaque_custom_ops_under_torch_compile():
     """The fake implementations agree with the kernel (opcheck), and a full-graph compile runs
     the op whole, forward and backward, with the eager result."""

@@ -29,8 +29,20 @@ from .tiled import na2d_tiled
 BACKENDS = ("auto", "torch", "fused", "natten", "flex", "reference")
 
 
-def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool = False) -> str:
-    """Resolve ``backend`` for this call; raise if an explicit choice cannot serve it."""
+def select_backend(
+    backend: str,
+    query: torch.Tensor,
+    rpb,
+    return_weights: bool = False,
+    kernel_size: int = 0,
+    dilation: int = 1,
+) -> str:
+    """Resolve ``backend`` for this call; raise if an explicit choice cannot serve it.
+
+    ``kernel_size`` and ``dilation``, where given, let ``auto`` keep the torch backend's dense
+    attention for maps whose every window is the whole map (NAT's last stage at 224 px): there
+    it measured 2x the fused kernel's speed (one 16-lane block holds only 7 queries).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend=}")
     if backend in ("torch", "reference"):
@@ -40,10 +52,20 @@ def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool 
     )
     if backend == "flex":
         if return_weights:
-            raise ValueError("backend='flex' cannot serve this call: it does not return attention weights")
+            raise ValueError(
+                "backend='flex' cannot serve this call: it does not return attention weights"
+            )
         if needs_grad and query.device.type == "cpu":
-            raise ValueError("backend='flex' cannot serve this call: FlexAttention has no backward on the CPU")
+            raise ValueError(
+                "backend='flex' cannot serve this call: FlexAttention has no backward on the CPU"
+            )
         return "flex"
+    if (
+        backend == "auto"
+        and query.device.type == "cpu"
+        and _windows_are_the_map(query, kernel_size, dilation)
+    ):
+        return "torch"
     if backend == "fused" or (backend == "auto" and query.device.type == "cpu"):
         reason = fused_unavailable(query, return_weights)
         if backend == "fused" and reason is not None:
@@ -57,6 +79,15 @@ def select_backend(backend: str, query: torch.Tensor, rpb, return_weights: bool 
         return "natten"
     # auto: off CUDA NATTEN's fallback is quadratic, so the torch kernels always win there
     return "natten" if reason is None and query.device.type == "cuda" else "torch"
+
+
+def _windows_are_the_map(query: torch.Tensor, kernel_size: int, dilation: int) -> bool:
+    """Every dilation group of the map is ``kernel_size`` square: na2d_torch's dense path."""
+    height, width = query.shape[1], query.shape[2]
+    return (
+        not (height % dilation or width % dilation)
+        and height // dilation == width // dilation == kernel_size
+    )
 
 
 def na2d(
@@ -78,7 +109,7 @@ def na2d(
     With ``return_weights`` it also returns the softmax weights, ``(B, heads, H, W, k*k)``.
     """
     check_na2d_args(query, key, value, kernel_size, dilation, rpb)
-    name = select_backend(backend, query, rpb, return_weights)
+    name = select_backend(backend, query, rpb, return_weights, kernel_size, dilation)
     if name == "natten":
         return na2d_natten(query, key, value, kernel_size, dilation, scale)
     if name == "flex":
@@ -104,14 +135,29 @@ def na2d_qkv(
     gradient for ``qkv`` instead of three that autograd stacks, and so does the fused backend.
     """
     if qkv.dim() != 6 or qkv.shape[3] != 3:
-        raise ValueError(f"qkv must be (batch, height, width, 3, heads, head_dim), got qkv.shape={tuple(qkv.shape)}")
+        raise ValueError(
+            f"qkv must be (batch, height, width, 3, heads, head_dim), got qkv.shape={tuple(qkv.shape)}"
+        )
     query, key, value = qkv.unbind(3)  # the paths below check the arguments
-    name = select_backend(backend, query, rpb, return_weights)
+    name = select_backend(backend, query, rpb, return_weights, kernel_size, dilation)
     if name == "torch":
-        return na2d_torch(query, key, value, kernel_size, dilation, rpb, scale, return_weights, qkv=qkv)
+        return na2d_torch(
+            query, key, value, kernel_size, dilation, rpb, scale, return_weights, qkv=qkv
+        )
     if name == "fused":
         return na2d_fused(query, key, value, kernel_size, dilation, rpb, scale, qkv=qkv)
     return na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, return_weights)
 
 
-__all__ = ["BACKENDS", "na2d", "na2d_flex", "na2d_fused", "na2d_natten", "na2d_qkv", "na2d_reference", "na2d_tiled", "na2d_torch", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "na2d",
+    "na2d_flex",
+    "na2d_fused",
+    "na2d_natten",
+    "na2d_qkv",
+    "na2d_reference",
+    "na2d_tiled",
+    "na2d_torch",
+    "select_backend",
+]

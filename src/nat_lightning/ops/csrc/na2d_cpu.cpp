@@ -153,11 +153,14 @@ void border_outer_add(const Geometry& g, float* acc, int i, int l0, int l1, cons
     for (int b = 0; b < g.k; ++b) {
       const float* wb = w + (a * g.k + b) * L;
       float* o = row + b * D;
-      for (int l = l0; l < l1; ++l) {
-        float wl = wb[l];
-        const float* xl = xt + l * D;
-        for (int c = 0; c < D; ++c) o[c] += wl * xl[c];
+      int c = 0;
+      for (; c + L <= D; c += L) {  // the lanes' sum in a register, one store
+        vf acc = simd::load(o + c);
+        for (int l = l0; l < l1; ++l) acc = simd::fma(simd::set1(wb[l]), simd::load(xt + l * D + c), acc);
+        simd::store(o + c, acc);
       }
+      for (; c < D; ++c)
+        for (int l = l0; l < l1; ++l) o[c] += wb[l] * xt[l * D + c];
     }
   }
 }
