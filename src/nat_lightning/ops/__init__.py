@@ -10,7 +10,8 @@ Backends:
   ``score_mod``; for GPUs (compiled); forward-only on the CPU. Never picked by ``auto``.
 - ``"reference"``: :func:`na2d_reference`, the brute-force oracle used by the tests.
 - ``"auto"``: NATTEN on CUDA where it can serve the call; on the CPU ``"fused"`` where it is built
-  and serves the call; otherwise ``"torch"``. ``backend="torch"`` (the models' config key
+  and serves the call, except where every window is the whole map (the torch backend's dense
+  attention is faster there); otherwise ``"torch"``. ``backend="torch"`` (the models' config key
   ``attention_backend``) or ``NAT_LIGHTNING_FUSED=0`` turns the fused kernel off.
 """
 
