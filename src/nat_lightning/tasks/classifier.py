@@ -82,7 +82,8 @@ class NatClassifier(NatTask):
         preprocessing: ``image_size``, ``crop_pct``, ``mean``, ``std`` that the datamodule uses
             where it sets none itself; None: the pretrained folder's preprocessor_config.json.
             Fit records the data's values here, so a checkpoint evaluates with them.
-        attention_backend: ``auto``, ``torch``, ``natten`` or ``reference`` (see nat_lightning.ops).
+        attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
+            nat_lightning.ops).
         drop_path_rate: stochastic depth rate; None keeps the model config's.
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).

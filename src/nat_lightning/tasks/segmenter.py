@@ -92,7 +92,8 @@ class NatSegmenter(NatTask):
         id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
         preprocessing: ``mean`` and ``std`` that the datamodule uses where it sets none itself;
             None: the pretrained folder's preprocessor_config.json. Fit records the data's.
-        attention_backend: ``auto``, ``torch``, ``natten`` or ``reference`` (see nat_lightning.ops).
+        attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
+            nat_lightning.ops).
         drop_path_rate: the backbone's stochastic depth rate; None keeps its config's.
         dilations: DiNAT's dilation of every block, per stage, replacing the model's and the
             pretrained checkpoint's (weights do not depend on it): the segmentation recipes use
