@@ -75,13 +75,13 @@ def tokens_worker(sides: list[int], repeats: int) -> list[dict]:
         q, k, v = (torch.randn(1, side, side, heads, dim, requires_grad=True) for _ in range(3))
         flat = [t.detach().reshape(1, side * side, heads, dim).transpose(1, 2).requires_grad_() for t in (q, k, v)]
 
-        def neighbourhood():
+        def neighbourhood(q=q, k=k, v=v):
             na2d(q, k, v, kernel, 1, rpb).sum().backward()
 
-        def full():
+        def full(flat=flat):
             F.scaled_dot_product_attention(*flat).sum().backward()
 
-        def whole_backbone():
+        def whole_backbone(side=side):
             with torch.no_grad():
                 backbone(torch.randn(1, 3, 4 * side, 4 * side))
 
