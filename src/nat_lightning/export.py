@@ -26,14 +26,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def load_checkpoint(ckpt_path: str):
     """The task (NatClassifier or NatSegmenter, as the checkpoint was trained) and the raw
     checkpoint dict; a clear error for missing or corrupt files."""
-    from .task_choice import DEFAULT_TASK, checkpoint_class, import_class
+    from .task_choice import DEFAULT_TASK, import_class, recorded_class
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist or is not a file")
-    task = import_class(checkpoint_class(str(path)) or DEFAULT_TASK.model)
+    task = import_class(DEFAULT_TASK.model)  # named in the error when the file is unreadable
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        task = import_class(recorded_class(checkpoint) or DEFAULT_TASK.model)
         model = task.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad file
         raise ValueError(

@@ -129,12 +129,17 @@ def _class_in(section) -> str | None:
 
 
 def checkpoint_class(path: str) -> str | None:
-    """The class a checkpoint's CLI recorded, else the task whose arguments fit its saved ones
-    (``Trainer.fit(NatSegmenter())`` records no class path)."""
+    """:func:`recorded_class` of the checkpoint file at ``path``; None if it cannot be read."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 (torch raises many types; the CLI reads it again and reports)
         return None
+    return recorded_class(checkpoint)
+
+
+def recorded_class(checkpoint: dict) -> str | None:
+    """The class a checkpoint's CLI recorded, else the task whose arguments fit its saved ones
+    (``Trainer.fit(NatSegmenter())`` records no class path)."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     if "_class_path" in hparams:
         return hparams["_class_path"]
