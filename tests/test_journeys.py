@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def root(tmp_path_factory):
 def test_a_fit_prints_its_run_folder_and_none_of_lightnings_false_alarms(root):
     out = (root.parent / "fit_output.txt").read_text()
     assert f"run folder {root / 'version_1'}" in out and "fit finished" in out
+    # the closing line: the run, last and best, each an absolute path that exists (root is not
+    # under the working directory)
+    closing = [line for line in out.splitlines() if line.startswith("fit finished: ")][-1]
+    parts = dict(part.split(" ", 1) for part in closing.removeprefix("fit finished: ").split("; "))
+    assert parts.keys() == {"run", "last", "best"}, closing
+    assert parts["run"] == f"folder {root / 'version_1'}"
+    assert parts["last"] == str(root / "version_1" / "checkpoints" / "last.ckpt")
+    assert Path(parts["best"]).is_file() and Path(parts["best"]).parent == root / "version_1" / "checkpoints"
     for alarm in ("args and command line arguments", "was called without a model", "Restoring states"):
         assert alarm not in out
     flops = [line for line in out.splitlines() if "Total FLOPs" in line]
@@ -71,6 +80,45 @@ def test_kill_9_then_ckpt_path_last_resumes_the_newest_run_bit_identically(root,
     assert metrics(killed / "version_0")
 
 
+def test_a_failed_start_leaves_nothing_to_resume_and_last_continues_the_trained_run(root, tmp_path):
+    """A fit that dies before its first step (here AdamW refusing lr=-1) writes no checkpoint and
+    does not suggest resuming; ``--ckpt_path last`` then passes over it, and over a newer run
+    holding a step-0 on_exception.ckpt (as earlier versions wrote), to the run that trained."""
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "version_0", runs / "version_0")
+    out = cli("fit", *QUICK, "--model.lr", "-1", "--trainer.default_root_dir", str(runs), expect=1)
+    assert "before the first training step: no checkpoint written" in out, out[-3000:]
+    assert "resume with" not in out and "Invalid learning rate" in out
+    assert not list((runs / "version_1").rglob("*.ckpt"))
+    (runs / "version_2" / "checkpoints").mkdir(parents=True)
+    untrained = {"global_step": 0, "epoch": 0, "state_dict": {}}
+    torch.save(untrained, runs / "version_2" / "checkpoints" / "on_exception.ckpt")
+
+    out = cli("fit", *QUICK, "--trainer.max_epochs", "3", "--ckpt_path", "last",
+              "--trainer.default_root_dir", str(runs))
+    last = runs / "version_0" / "checkpoints" / "last.ckpt"
+    assert (f"--ckpt_path last: resuming {runs / 'version_0'} from {last} (step 6); passed over newer "
+            "runs that had not trained: version_2 (on_exception.ckpt at step 0), version_1 (no "
+            "checkpoint)") in out
+    assert load(last)["global_step"] == 9  # epochs 0-1 restored, epoch 2 trained
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1", "version_2"]
+
+
+def test_max_epochs_0_names_no_checkpoint_that_does_not_exist(tmp_path):
+    out = cli("fit", *QUICK, "--trainer.max_epochs", "0", "--trainer.default_root_dir", str(tmp_path))
+    closing = [line for line in out.splitlines() if line.startswith("fit finished")]
+    assert closing == [f"fit finished: run folder {tmp_path / 'version_0'}; no checkpoint written "
+                       "(no training epoch ended)"], out[-2000:]
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_one_class_is_refused_with_the_fix(tmp_path):
+    out = cli("fit", *QUICK, "--model.num_classes", "1", "--trainer.default_root_dir", str(tmp_path), expect=1)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("ValueError: num_classes=1: a classifier needs at least 2 classes"), out[-2000:]
+    assert "num_classes=2" in last and "multi-label" in last
+
+
 def test_last_ckpt_holds_the_final_epoch_not_the_best(tmp_path):
     # the top-k checkpoint is written only at epoch 1 (every 2nd epoch); training ends at epoch 2
     cli("fit", *QUICK, "--trainer.max_epochs", "3", "--checkpoint.every_n_epochs", "2",
@@ -84,8 +132,10 @@ def test_last_ckpt_holds_the_final_epoch_not_the_best(tmp_path):
 def test_validate_and_predict_from_the_checkpoint_alone(root, tmp_path):
     """No --config: the checkpoint's model, 32 px crop, mean/std 0.5 and dataset."""
     run = root / "version_0"
-    cli("validate", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-        "--trainer.default_root_dir", str(tmp_path / "eval"), "--trainer.limit_val_batches", "2")
+    out = cli("validate", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+              "--trainer.default_root_dir", str(tmp_path / "eval"), "--trainer.limit_val_batches", "2")
+    evaluated = tmp_path / "eval" / "version_0"
+    assert f"validate finished: run folder {evaluated}; metrics {evaluated / 'metrics.csv'}\n" in out
     expected = last_value(metrics(run), "val/acc1")
     assert last_value(metrics(tmp_path / "eval" / "version_0"), "val/acc1") == pytest.approx(expected, abs=1e-6)
     assert expected > 0.15  # above chance (0.1): a model, not noise, is compared
@@ -95,8 +145,11 @@ def test_validate_and_predict_from_the_checkpoint_alone(root, tmp_path):
     for i in range(2):
         Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(images / f"good{i}.png")
     (images / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    cli("predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-        "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images))
+    out = cli("predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+              "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images))
+    written = tmp_path / "pred" / "version_0" / "predictions.csv"
+    assert f"predict: wrote 3 row(s) to {written} (1 undecodable: no prediction" in out
+    assert f"predict finished: run folder {written.parent}\n" in out
     rows = list(csv.DictReader((tmp_path / "pred" / "version_0" / "predictions.csv").open()))
     assert [Path(r["id"]).name for r in rows] == ["bad.png", "good0.png", "good1.png"]
     assert rows[0]["error"] and not rows[0]["label_1"]
@@ -193,7 +246,8 @@ def test_fine_tuning_takes_the_pretrained_preprocessing_unless_set(root, tmp_pat
     ImageNet's); an explicit --data value wins."""
     source = root / "version_0" / "checkpoints" / "last.ckpt"
     folder = tmp_path / "exported"
-    cli("export", "--ckpt_path", str(source), "--output", str(folder))
+    out = cli("export", "--ckpt_path", str(source), "--output", str(folder))
+    assert f"export: wrote {folder} (README.md, config.json, model.safetensors, preprocessor_config.json)" in out
     data = three_class_folder(tmp_path / "colours", per_class=4)
     tiny = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
             "--data.dataset", str(data), "--data.batch_size", "4", "--data.num_workers", "0"]

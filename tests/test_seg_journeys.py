@@ -63,10 +63,12 @@ def test_predict_writes_a_palette_mask_per_image_at_its_size_and_an_index(run, t
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(images / name)
     (images / "d_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    cli("predict", "--ckpt_path", str(folder / "checkpoints" / "last.ckpt"),
-        "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images),
-        "--prediction.overlay", "true")
+    printed = cli("predict", "--ckpt_path", str(folder / "checkpoints" / "last.ckpt"),
+                  "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images),
+                  "--prediction.overlay", "true")
     out = tmp_path / "pred" / "version_0" / "masks"
+    assert (f"predict: wrote 3 mask and overlay PNGs to {out} and their index to {out / 'index.csv'} "
+            "(1 undecodable: no mask)") in printed
     rows = list(csv.DictReader((out / "index.csv").open()))
     assert [Path(r["id"]).name for r in rows] == [*sizes, "d_bad.png"]
     assert rows[-1]["error"] and not rows[-1]["file"]
@@ -80,7 +82,9 @@ def test_predict_writes_a_palette_mask_per_image_at_its_size_and_an_index(run, t
 def test_export_writes_an_upernet_folder_and_onnx_that_compute_the_checkpoints_logits(run, tmp_path):
     folder, _ = run
     ckpt = str(folder / "checkpoints" / "last.ckpt")
-    cli("export", "--ckpt_path", ckpt, "--output", str(tmp_path / "hf"))
+    printed = cli("export", "--ckpt_path", ckpt, "--output", str(tmp_path / "hf"))
+    assert (f"export: wrote {tmp_path / 'hf'} (README.md, config.json, model.safetensors, "
+            "preprocessor_config.json)") in printed
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["UperNetForSemanticSegmentation"]
     assert config["id2label"] == {str(i): n for i, n in enumerate(SHAPES_CLASSES)}
@@ -96,7 +100,8 @@ def test_export_writes_an_upernet_folder_and_onnx_that_compute_the_checkpoints_l
         torch.testing.assert_close(exported(x).logits, expected, rtol=0, atol=0)
 
     ort = pytest.importorskip("onnxruntime")
-    cli("export", "--ckpt_path", ckpt, "--output", str(tmp_path / "seg.onnx"), "--format", "onnx")
+    printed = cli("export", "--ckpt_path", ckpt, "--output", str(tmp_path / "seg.onnx"), "--format", "onnx")
+    assert f"export: wrote {tmp_path / 'seg.onnx'}\n" in printed
     session = ort.InferenceSession(str(tmp_path / "seg.onnx"))
     (logits,) = session.run(None, {"pixel_values": x.numpy()})
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4)

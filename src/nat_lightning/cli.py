@@ -38,7 +38,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from . import runs, task_choice
-from .callbacks.checkpoints import AtomicCheckpointIO, ExceptionCheckpoint, LastCheckpoint
+from .callbacks.checkpoints import (
+    AtomicCheckpointIO,
+    BestCheckpoint,
+    ExceptionCheckpoint,
+    LastCheckpoint,
+)
 from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
 
@@ -112,7 +117,7 @@ class NatLightningCLI(LightningCLI):
             defaults["data"] = {"class_path": self._chosen_data}
         parser.set_defaults(defaults)
         # the best epochs by the task's metric; last.ckpt is LastCheckpoint's, every epoch
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         if self._task is not None:
             parser.set_defaults(
                 {
@@ -144,8 +149,8 @@ class NatLightningCLI(LightningCLI):
             return
         root = self.config[subcommand].trainer.default_root_dir or DEFAULT_ROOT
         if ckpt_path == "last":
-            path, self._run = runs.last_checkpoint(root)
-            rank_zero_info(f"--ckpt_path last: resuming {self._run} from {path}")
+            path, self._run, why = runs.last_checkpoint(root)
+            rank_zero_info(f"--ckpt_path last: {why}")
         else:
             path = Path(ckpt_path)
             if not path.is_file():
@@ -190,7 +195,7 @@ class NatLightningCLI(LightningCLI):
         config.checkpoint.dirpath = config.last_checkpoint.dirpath = str(self._run / "checkpoints")
         if self.subcommand != "fit":  # evaluation restores weights only, not fit's callbacks
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
-        rank_zero_info(f"{self.subcommand}: run folder {self._run}")
+        rank_zero_info(f"{self.subcommand}: run folder {runs.shown(self._run)[0]}")
 
     def instantiate_trainer(self, **kwargs):
         """Adds :func:`default_callbacks`, run-folder loggers and atomic checkpoint writes;
@@ -213,11 +218,30 @@ class NatLightningCLI(LightningCLI):
         return self._instantiate_trainer(config, extra)
 
     def after_fit(self) -> None:
-        ckpt = self.trainer.checkpoint_callback
-        best = f"; best {ckpt.best_model_path}" if ckpt is not None and ckpt.best_model_path else ""
-        rank_zero_info(
-            f"fit finished: run folder {self._run}; last {self._run / 'checkpoints' / 'last.ckpt'}{best}"
-        )
+        """The closing line names the run folder and only the checkpoints that exist."""
+        folder = self._run / "checkpoints"
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        files = {"last": folder / runs.LAST, "best": Path(best) if best else None}
+        files = {name: path for name, path in files.items() if path and path.is_file()}
+        self._closing("fit finished", files, "no checkpoint written (no training epoch ended)")
+
+    def after_validate(self) -> None:
+        self._closing("validate finished", {"metrics": self._logs / "metrics.csv"})
+
+    def after_test(self) -> None:
+        self._closing("test finished", {"metrics": self._logs / "metrics.csv"})
+
+    def after_predict(self) -> None:
+        self._closing("predict finished", {})  # the writer has named its files
+
+    @rank_zero_only
+    def _closing(self, what: str, files: dict[str, Path], none: str = "") -> None:
+        """``<what>: run folder X; name path; ...`` with only files that exist, their paths all
+        relative to the working directory or all absolute (runs.shown)."""
+        files = {name: path for name, path in files.items() if path.is_file()}
+        run, *paths = runs.shown(self._run, *files.values())
+        parts = [f"run folder {run}"] + [f"{n} {p}" for n, p in zip(files, paths)]
+        rank_zero_info(f"{what}: {'; '.join(parts + ([none] if none and not files else []))}")
 
 
 def export_main(argv: list[str]) -> None:
@@ -225,7 +249,11 @@ def export_main(argv: list[str]) -> None:
 
     from .export import export
 
-    CLI(export, args=argv, as_positional=False)
+    target = CLI(export, args=argv, as_positional=False)
+    if isinstance(target, Path):  # not for --help or --print_config
+        (shown,) = runs.shown(target)
+        what = sorted(p.name for p in target.iterdir()) if target.is_dir() else None
+        print(f"export: wrote {shown}" + (f" ({', '.join(what)})" if what else ""), flush=True)
 
 
 class _StopOnSigterm:

@@ -10,11 +10,14 @@ which continues the newest run that has a checkpoint.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-from .callbacks.checkpoints import LAST, ON_EXCEPTION
+import torch
 
+LAST = "last.ckpt"  # rewritten after every epoch (callbacks.checkpoints.LastCheckpoint)
+ON_EXCEPTION = "on_exception.ckpt"  # written when a fit that has trained stops on an exception
 _VERSION = re.compile(r"^version_(\d+)$")
 
 
@@ -50,17 +53,46 @@ def next_resumed_logs(run: Path) -> Path:
     return run / f"resumed_{k}"
 
 
-def last_checkpoint(root: str | Path) -> tuple[Path, Path]:
-    """(checkpoint, run folder) for ``--ckpt_path last``: the newer of ``last.ckpt`` and
-    ``on_exception.ckpt`` in the newest run that has either."""
+def last_checkpoint(root: str | Path) -> tuple[Path, Path, str]:
+    """(checkpoint, run folder, what was chosen and why) for ``--ckpt_path last``: the newer of
+    ``last.ckpt`` and ``on_exception.ckpt`` in the newest run that has trained, i.e. whose
+    checkpoint was written after at least one optimizer step. Newer runs without one (a failed
+    start, an evaluation) are passed over, and the explanation names them."""
+    passed = []
     for run in reversed(runs_in(root)):
-        candidates = [run / "checkpoints" / name for name in (LAST, ON_EXCEPTION)]
-        candidates = [c for c in candidates if c.is_file()]
-        if candidates:
-            return max(candidates, key=lambda c: c.stat().st_mtime_ns), run
+        found = [run / "checkpoints" / name for name in (LAST, ON_EXCEPTION)]
+        steps = {c: trained_steps(c) for c in found if c.is_file()}
+        trained = [c for c, step in steps.items() if step]
+        if trained:
+            path = max(trained, key=lambda c: c.stat().st_mtime_ns)
+            why = f"resuming {run} from {path} (step {steps[path]})"
+            if passed:
+                why += f"; passed over newer runs that had not trained: {', '.join(passed)}"
+            return path, run, why
+        seen = [f"{c.name} {'at step 0' if s == 0 else 'unreadable'}" for c, s in steps.items()]
+        passed.append(f"{run.name} ({', '.join(seen) or 'no checkpoint'})")
     raise ValueError(
         f"ckpt_path='last': no run under default_root_dir={str(root)!r} has a "
-        f"checkpoints/{LAST} or checkpoints/{ON_EXCEPTION} (runs: "
-        f"{[p.name for p in runs_in(root)] or 'none'}); expected a finished or interrupted run "
+        f"checkpoints/{LAST} or checkpoints/{ON_EXCEPTION} written after a training step (runs: "
+        f"{', '.join(reversed(passed)) or 'none'}); expected a finished or interrupted run "
         "there, or pass the checkpoint's path"
     )
+
+
+def trained_steps(path: Path) -> int | None:
+    """The optimizer steps a checkpoint was written after; None if it cannot be read."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (torch raises many types; an unreadable file is passed over)
+        return None
+    return int(checkpoint.get("global_step", 0))
+
+
+def shown(*paths: str | Path) -> list[str]:
+    """Paths as the closing lines print them: all relative to the working directory when every
+    one of them lies under it, else all absolute, never a mix."""
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    here = Path.cwd()
+    if all(p.is_relative_to(here) for p in absolute):
+        return [str(p.relative_to(here)) or "." for p in absolute]
+    return [str(p) for p in absolute]

@@ -120,6 +120,26 @@ def test_bad_arguments():
         NatClassifier(model="nat_gigantic")
 
 
+def test_one_class_is_refused_from_the_arguments_and_from_the_data(tmp_path):
+    for given in ({"num_classes": 1}, {"id2label": {0: "cat"}}):
+        with pytest.raises(ValueError, match="needs at least 2 classes, got 1; .*num_classes=2"):
+            NatClassifier(model=TINY, **given)
+    cats = Dataset.from_dict({"image": [Image.new("RGB", (16, 16), "red")] * 4, "label": ["cat"] * 4})
+    dm = digits(dataset=cats.cast_column("image", ImageFeature()), batch_size=4, val_split=None)
+    with pytest.raises(ValueError, match=r"the data's classes \['cat'\]: a classifier needs at least 2"):
+        trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(NatClassifier(model=TINY), datamodule=dm)
+
+
+def test_test_without_data_evaluates_the_embedded_digits_as_validate_does(tmp_path):
+    """Trainer().test(NatClassifier()), as validate: the embedded digits' validation split."""
+    model = NatClassifier(model=TINY)
+    validated = trainer(tmp_path, limit_val_batches=2).validate(model)[0]
+    tested = trainer(tmp_path, limit_test_batches=2).test(model)[0]
+    assert tested.keys() == {k.replace("val/", "test/") for k in validated}
+    for key, value in validated.items():
+        assert tested[key.replace("val/", "test/")] == pytest.approx(value, abs=1e-6), key
+
+
 def test_classes_and_label_names_come_from_the_datamodule(tmp_path):
     colours = Dataset.from_dict({"image": [Image.new("RGB", (16, 16), c) for c in ["red", "blue", "green"] * 4],
                                  "label": ["red", "blue", "green"] * 4}).cast_column("image", ImageFeature())

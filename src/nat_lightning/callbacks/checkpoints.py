@@ -18,10 +18,9 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-LAST = "last.ckpt"
-ON_EXCEPTION = "on_exception.ckpt"
+from ..runs import LAST, ON_EXCEPTION
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -43,9 +42,31 @@ class LastCheckpoint(ModelCheckpoint):
         )
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's top-k ModelCheckpoint that never keeps an epoch whose monitored metric is NaN
+    or infinite: such an epoch is not "best", and its file name would carry ``nan``. The epoch is
+    named in a warning instead; ``last.ckpt`` is still written (LastCheckpoint)."""
+
+    def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None:
+            return False
+        # every rank decides together (reduce_boolean_decision is a collective on each of them)
+        finite = trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(current)), all=True)
+        if not finite:
+            rank_zero_warn(
+                f"{self.monitor}={float(current)} at epoch {trainer.current_epoch}: not kept as a "
+                "best checkpoint (a metric that is not finite ranks nothing; see the "
+                "warnings above for its cause)"
+            )
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+
 class ExceptionCheckpoint(Callback):
     """Saves ``<dirpath>/on_exception.ckpt`` when fit ends in an exception: Ctrl-C, SIGTERM
-    (Lightning turns it into an exception), or an error."""
+    (Lightning turns it into an exception), or an error. A fit that fails before its first
+    optimizer step (a bad argument, bad data caught in the sanity check) writes nothing: such a
+    checkpoint holds no training, and ``--ckpt_path last`` would only restart from it."""
 
     def __init__(self, dirpath: str):
         """Args:
@@ -54,9 +75,16 @@ class ExceptionCheckpoint(Callback):
         self.path = Path(dirpath) / ON_EXCEPTION
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        name = type(exception).__name__
+        if trainer.global_step == 0:  # nothing trained: a checkpoint would only restart the run
+            rank_zero_info(
+                f"{name} before the first training step: no checkpoint written (nothing to "
+                "resume); fix the cause and start the run again"
+            )
+            return
         trainer.save_checkpoint(self.path, weights_only=False)  # a full state, to resume from
         rank_zero_info(
-            f"{type(exception).__name__}: saved {self.path}; resume with --ckpt_path last"
+            f"{name} at step {trainer.global_step}: saved {self.path}; resume with --ckpt_path last"
         )
 
 

@@ -20,9 +20,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from ..models.files import write_atomically
+from ..runs import shown
 from .prediction_writer import MAX_NAMED, merged
 
 
@@ -156,6 +158,12 @@ class MaskWriter(BasePredictionWriter):
         path = self._folder(trainer) / "index.csv"
         write_index(path, rows, self.overlay)
         failed = [row["id"] for row in rows if row["error"] is not None]
+        folder, index = shown(path.parent, path)
+        kinds = "mask and overlay PNGs" if self.overlay else "mask PNGs"
+        rank_zero_info(
+            f"predict: wrote {len(rows) - len(failed)} {kinds} to {folder} and their index to "
+            f"{index}" + (f" ({len(failed)} undecodable: no mask)" if failed else "")
+        )
         if failed:
             warnings.warn(
                 f"{len(failed)} of {len(rows)} input image(s) could not be decoded and have no "

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from ..runs import shown
 
 MAX_NAMED = 10  # undecodable inputs the end-of-run warning names
 
@@ -62,6 +64,7 @@ class PredictionWriter(BasePredictionWriter):
         path = Path(trainer.default_root_dir) / self.output
         write_rows(path, rows)
         failed = [row["id"] for row in rows if row["error"] is not None]
+        rank_zero_info(f"predict: wrote {len(rows)} row(s) to {shown(path)[0]}{_failed(failed)}")
         if failed:
             more = f" and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else ""
             warnings.warn(
@@ -69,6 +72,10 @@ class PredictionWriter(BasePredictionWriter):
                 f"prediction (see the error column of {path}): {failed[:MAX_NAMED]}{more}",
                 stacklevel=1,
             )
+
+
+def _failed(ids: list) -> str:
+    return f" ({len(ids)} undecodable: no prediction, see the error column)" if ids else ""
 
 
 def gathered_rows(trainer, predictions: list, batch_indices: list | None) -> list[dict]:

@@ -9,7 +9,7 @@
   (Lightning's EMAWeightAveraging);
 - batches of undecodable images only, skipped in training;
 - the FLOPs of a training batch (``flops_per_batch``), for ImageThroughputMonitor;
-- the embedded default data, used when fit gets no data at all.
+- the embedded default data, used when fit, validate or test gets no data at all.
 
 A subclass builds ``self.network`` and sets ``self.id2label``, ``self.num_classes``,
 ``self.preprocessing`` and ``self._classes_from_data`` in its ``__init__`` (then calls
@@ -59,6 +59,8 @@ class NatTask(L.LightningModule):
             return
         data = self.trainer.datamodule
         stage = self.trainer.state.fn
+        if data is None and stage != "predict" and self._uses_fallback_data():
+            data = self._default_data()  # no data given: the embedded default's classes
         if data is not None and hasattr(data, "id2label") and stage != "predict":
             names = {int(k): str(v) for k, v in data.id2label.items()}
             if self._classes_from_data:
@@ -206,6 +208,11 @@ class NatTask(L.LightningModule):
     def val_dataloader(self):
         # fit(model, train_dataloaders=x) without validation data validates on nothing
         return self._default_data().val_dataloader() if self._uses_fallback_data() else []
+
+    def test_dataloader(self):
+        # only asked for by test() without dataloaders or a datamodule: as validate(), the
+        # embedded data's validation split (it has no test split)
+        return self._default_data().val_dataloader()
 
 
 def meta_training_flops(network_class, config, shape: tuple[int, ...]) -> int:

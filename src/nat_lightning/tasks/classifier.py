@@ -109,6 +109,9 @@ class NatClassifier(NatTask):
             PER_CLASS_LIMIT classes.
         """
         super().__init__()
+        if num_classes is not None or id2label is not None:
+            given = f"{num_classes=}" if num_classes is not None else f"{id2label=}"
+            check_class_count(num_classes if num_classes is not None else len(id2label), given)
         self.network = build_network(
             model, pretrained, num_classes, id2label, drop_path_rate, attention_backend
         )
@@ -184,6 +187,7 @@ class NatClassifier(NatTask):
     # -- the classes and preprocessing of the attached data ------------------------------------
 
     def _adopt_classes(self, id2label: dict[int, str]) -> None:
+        check_class_count(len(id2label), f"the data's classes {list(id2label.values())[:5]}")
         self._use_network(with_classes(self.network, id2label))
 
     def _configure_network(self, data) -> None:
@@ -310,3 +314,14 @@ def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:
     return meta_training_flops(
         NatForImageClassification, config.replace(attention_backend="torch"), shape
     )
+
+
+def check_class_count(n: int, given: str) -> None:
+    """A softmax over one class always says yes: a classifier needs two or more."""
+    if n < 2:
+        raise ValueError(
+            f"{given}: a classifier needs at least 2 classes, got {n}; for one yes/no question "
+            "use two classes (num_classes=2, e.g. id2label={0: 'no', 1: 'yes'}); several "
+            "independent yes/no labels per image are multi-label classification, which "
+            "NatClassifier does not do"
+        )
