@@ -129,7 +129,7 @@ def test_fsdp_groups_decay_by_name_on_sharded_parameters(tmp_path):
     names = {id(p): n for n, p in network.named_parameters()}
     plain = {  # layer decay 0.5 as the run, on the unsharded model
         names[id(p)]: (g["weight_decay"], g["lr_scale"])
-        for g in param_groups(network, 0.05, network.config.depths, 0.5)
+        for g in param_groups(network, 0.05, 0.5)
         for p in g["params"]
     }
     for rank in (0, 1):

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from nat_lightning import NatConfig, NatForImageClassification
+from nat_lightning import NatConfig, NatForImageClassification, NatForSemanticSegmentation
+from nat_lightning.models.config import VARIANTS
+from nat_lightning.models.nat import layer_ids_of, no_weight_decay_names
+from nat_lightning.models.upernet_config import UperNetConfig
 from nat_lightning.tasks.optim import (
-    layer_id,
-    no_weight_decay,
     param_groups,
     schedule_length,
     warmup_cosine,
@@ -27,7 +28,7 @@ LAYER_SCALED = NatConfig(
 
 
 class Toy(nn.Module):
-    """Parameter names shaped like the NAT network's."""
+    """Parameter names shaped like the NAT network's, with the layers it declares."""
 
     def __init__(self):
         super().__init__()
@@ -45,21 +46,32 @@ class Toy(nn.Module):
         self.gamma1 = nn.Parameter(torch.ones(2))
         self.head = nn.Linear(2, 3)
 
+    def layer_ids(self):
+        ids = layer_ids_of("patch_embed", self.patch_embed, 0)
+        for i, level in enumerate(self.levels):
+            for j, block in enumerate(level["blocks"]):
+                ids |= layer_ids_of(f"levels.{i}.blocks.{j}", block, 1 + 2 * i + j)
+            ids |= layer_ids_of(f"levels.{i}.downsample", level["downsample"], 2 + 2 * i)
+        return ids | {"rpb": 5, "gamma1": 5} | layer_ids_of("head", self.head, 5)
+
+    def no_weight_decay(self):
+        return no_weight_decay_names(self)
+
 
 def test_no_weight_decay_on_norms_biases_rpb_and_layer_scale():
-    assert no_weight_decay(nn.Module(), "rpb")
-    assert no_weight_decay(nn.Module(), "gamma1") and no_weight_decay(nn.Module(), "gamma2")
-    assert no_weight_decay(nn.LayerNorm(4), "weight") and no_weight_decay(nn.LayerNorm(4), "bias")
-    assert no_weight_decay(nn.Linear(4, 4), "bias") and no_weight_decay(nn.Conv2d(4, 4, 3), "bias")
-    assert not no_weight_decay(nn.Linear(4, 4), "weight")
-    assert not no_weight_decay(nn.Conv2d(4, 4, 3), "weight")
+    toy = Toy()
+    toy.norm, toy.conv = nn.LayerNorm(4), nn.Conv2d(4, 4, 3)
+    assert no_weight_decay_names(toy) == {
+        "patch_embed.bias", "rpb", "gamma1", "head.bias", "norm.weight", "norm.bias", "conv.bias",
+        *(f"levels.{i}.{part}.bias" for i in range(2) for part in ("blocks.0", "blocks.1", "downsample")),
+    }
 
 
 def decay_and_scale(model: nn.Module, drop: str = "") -> dict[str, tuple[float, float]]:
     """``{name: (weight_decay, lr_scale)}`` of the groups param_groups gives ``model``; ``drop`` is
     taken out of the names."""
     names = {id(p): n.replace(drop, "") for n, p in model.named_parameters()}
-    groups = param_groups(model, 0.05, depths=LAYER_SCALED.depths, layer_decay=0.5)
+    groups = param_groups(model, 0.05, layer_decay=0.5)
     return {names[id(p)]: (g["weight_decay"], g["lr_scale"]) for g in groups for p in g["params"]}
 
 
@@ -109,28 +121,52 @@ def test_weight_decay_groups_do_not_depend_on_shape():
 def test_fsdp_flat_parameters_cannot_be_grouped():
     from torch.distributed.fsdp._flat_param import FlatParameter
 
-    model = nn.Linear(2, 2)
-    model.weight = FlatParameter(torch.zeros(6))  # what use_orig_params=False registers
+    model = Toy()
+    model.head.weight = FlatParameter(torch.zeros(6))  # what use_orig_params=False registers
     with pytest.raises(
         ValueError,
-        match="'weight' is FSDP's flattened.*use_orig_params=False.*expected use_orig_params=True",
+        match="'head.weight' is FSDP's flattened.*use_orig_params=False.*expected use_orig_params=True",
     ):
-        param_groups(model, 0.05, depths=[1])
+        param_groups(model, 0.05)
 
 
 def test_layer_ids_follow_depth():
-    depths = [2, 3]
-    assert layer_id("nat.patch_embed.proj.0.weight", depths) == 0
-    assert layer_id("nat.levels.0.blocks.0.attn.qkv.weight", depths) == 1
-    assert layer_id("nat.levels.0.blocks.1.mlp.fc1.weight", depths) == 2
-    assert layer_id("nat.levels.0.downsample.reduction.weight", depths) == 2
-    assert layer_id("nat.levels.1.blocks.2.norm1.weight", depths) == 5
-    assert layer_id("head.weight", depths) == 6
+    ids = NatForImageClassification(LAYER_SCALED.replace(depths=[2, 3], num_heads=[1, 2])).layer_ids()
+    assert ids["nat.patch_embed.proj.0.weight"] == 0
+    assert ids["nat.levels.0.blocks.0.attn.qkv.weight"] == 1
+    assert ids["nat.levels.0.blocks.1.mlp.fc1.weight"] == 2
+    assert ids["nat.levels.0.downsample.reduction.weight"] == 2  # with its stage's last block
+    assert ids["nat.levels.1.blocks.2.norm1.weight"] == 5
+    assert ids["nat.norm.weight"] == ids["head.weight"] == 6
+
+
+def upernet(variant: str) -> NatForSemanticSegmentation:
+    return NatForSemanticSegmentation(UperNetConfig.from_variant(variant, num_labels=3))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_parameter_of_every_variant_has_a_layer(variant):
+    """Both networks of every variant, built on the meta device: the declared layer ids name
+    each parameter exactly once, from 0 (the stem) to depth + 1 (norms and heads)."""
+    with torch.device("meta"):
+        for network in (NatForImageClassification(NatConfig.from_variant(variant)), upernet(variant)):
+            ids = network.layer_ids()
+            assert sorted(ids) == sorted(n for n, _ in network.named_parameters())
+            top = sum(NatConfig.from_variant(variant).depths) + 1
+            assert set(ids.values()) == set(range(top + 1)), variant
+            assert network.no_weight_decay() <= set(ids)
+
+
+def test_a_parameter_without_a_layer_id_is_an_error():
+    model = NatForImageClassification(LAYER_SCALED)
+    model.adapter = nn.Linear(2, 2)  # a module added without declaring its layer
+    with pytest.raises(ValueError, match="'adapter.weight' has no layer id: NatForImageClassification.layer_ids"):
+        param_groups(model, 0.05, layer_decay=0.8)
 
 
 def test_param_groups_cover_every_parameter_once_with_layer_decay():
     model = Toy()
-    groups = param_groups(model, 0.05, depths=[2, 2], layer_decay=0.5)
+    groups = param_groups(model, 0.05, layer_decay=0.5)
     listed = [id(p) for g in groups for p in g["params"]]
     assert sorted(listed) == sorted(id(p) for p in model.parameters())
     by_param = {id(p): g for g in groups for p in g["params"]}
@@ -181,8 +217,15 @@ def test_lr_multipliers_by_name_prefix_stack_with_layer_decay():
                 nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)),
             )
 
+        def layer_ids(self):
+            ids = {f"backbone.{n}": layer for n, layer in self.backbone.layer_ids().items()}
+            return ids | layer_ids_of("decode_head", self.decode_head, 5)
+
+        def no_weight_decay(self):
+            return no_weight_decay_names(self)
+
     model = Segmenter()
-    groups = param_groups(model, 0.01, depths=[2, 2], layer_decay=0.5, lr_mults={"backbone.": 0.1})
+    groups = param_groups(model, 0.01, layer_decay=0.5, lr_mults={"backbone.": 0.1})
     by_param = {id(p): g for g in groups for p in g["params"]}
     assert sorted(by_param) == sorted(id(p) for p in model.parameters())
     assert by_param[id(model.decode_head[0].weight)]["lr_scale"] == 1.0

@@ -286,6 +286,30 @@ def _levels(config: NatConfig) -> nn.ModuleList:
     )
 
 
+# -- optimiser groups: what each model declares (as timm's group_matcher / no_weight_decay) -------
+
+# Not decayed, as in the paper's code: norms' weights and biases, every bias, the rpb tables and the
+# layer scales. Decided by a parameter's own name and its module's type, never by its shape: under
+# FSDP (use_orig_params) every parameter is a 1-D view of this rank's shard, often empty.
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+NO_DECAY_NAMES = frozenset({"bias", "rpb", "gamma1", "gamma2"})
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """The full names of ``model``'s parameters kept out of weight decay."""
+    return {
+        f"{prefix}.{own}" if prefix else own
+        for prefix, module in model.named_modules()
+        for own, _ in module.named_parameters(recurse=False)
+        if isinstance(module, NORMS) or own in NO_DECAY_NAMES
+    }
+
+
+def layer_ids_of(prefix: str, module: nn.Module | None, layer: int) -> dict[str, int]:
+    """``{full name: layer}`` for every parameter of ``module``, named under ``prefix``."""
+    return {} if module is None else {n: layer for n, _ in module.named_parameters(prefix=prefix)}
+
+
 # -- models -------------------------------------------------------------------------------------
 
 
@@ -315,6 +339,27 @@ class NatPreTrainedModel(PretrainedMixin, nn.Module):
             before.append(x_before)
             attentions.append(weights)
         return after, before, attentions
+
+    def _stage_layer_ids(self) -> dict[str, int]:
+        """Layer ids for layer-wise LR decay: 0 the patch embedding, 1..L the blocks in order, a
+        downsampler with the last block of its stage. ``layer_ids`` adds what follows the
+        stages at L + 1."""
+        ids = layer_ids_of("patch_embed", self.patch_embed, 0)
+        layer = 0
+        for i, level in enumerate(self.levels):
+            for j, block in enumerate(level.blocks):
+                layer += 1
+                ids |= layer_ids_of(f"levels.{i}.blocks.{j}", block, layer)
+            ids |= layer_ids_of(f"levels.{i}.downsample", level.downsample, layer)
+        return ids
+
+    @property
+    def top_layer_id(self) -> int:
+        return sum(self.config.depths) + 1
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters AdamW does not decay (norms, biases, rpb, layer scales)."""
+        return no_weight_decay_names(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' init: N(0, initializer_range) weights, zero biases and rpb, unit norms."""
@@ -360,6 +405,10 @@ class NatModel(NatPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.init_weights()
 
+    def layer_ids(self) -> dict[str, int]:
+        """Every parameter's layer id (see ``_stage_layer_ids``); the final norm on top."""
+        return self._stage_layer_ids() | layer_ids_of("norm", self.norm, self.top_layer_id)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -394,6 +443,11 @@ class NatForImageClassification(NatPreTrainedModel):
             else nn.Identity()
         )
         self.head.apply(self._init_weights)
+
+    def layer_ids(self) -> dict[str, int]:
+        """Every parameter's layer id: the encoder's, and the head on top."""
+        ids = {f"nat.{name}": layer for name, layer in self.nat.layer_ids().items()}
+        return ids | layer_ids_of("head", self.head, self.top_layer_id)
 
     def forward(
         self,
@@ -460,6 +514,11 @@ class NatBackbone(NatPreTrainedModel):
             }
         )
         self.init_weights()
+
+    def layer_ids(self) -> dict[str, int]:
+        """Every parameter's layer id (see ``_stage_layer_ids``); the feature norms on top."""
+        norms = layer_ids_of("hidden_states_norms", self.hidden_states_norms, self.top_layer_id)
+        return self._stage_layer_ids() | norms
 
     @property
     def stage_names(self) -> list[str]:

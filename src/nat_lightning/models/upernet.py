@@ -26,7 +26,7 @@ from .checkpoints import from_transformers, to_canonical, to_transformers
 from .config import NatConfig
 from .files import read_state_dict, write_atomically
 from .hub import WEIGHT_FILES, resolve_pretrained
-from .nat import NatBackbone, _Output
+from .nat import NatBackbone, _Output, layer_ids_of, no_weight_decay_names
 from .pretrained import _listing, load_checked, read_checkpoint
 from .upernet_config import AUXILIARY_INPUT, UperNetConfig
 
@@ -158,6 +158,17 @@ class NatForSemanticSegmentation(nn.Module):
             FCNHead(config, channels[AUXILIARY_INPUT]) if config.use_auxiliary_head else None
         )
         self.init_head_weights()
+
+    def layer_ids(self) -> dict[str, int]:
+        """Every parameter's layer id for layer-wise LR decay: the backbone's, the heads on top."""
+        top = self.backbone.top_layer_id
+        ids = {f"backbone.{name}": layer for name, layer in self.backbone.layer_ids().items()}
+        ids |= layer_ids_of("decode_head", self.decode_head, top)
+        return ids | layer_ids_of("auxiliary_head", self.auxiliary_head, top)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters AdamW does not decay (norms, biases, rpb, layer scales)."""
+        return no_weight_decay_names(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' init of the heads: N(0, initializer_range) convolutions, zero biases,

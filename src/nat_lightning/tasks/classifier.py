@@ -291,9 +291,7 @@ class NatClassifier(NatTask):
 
     def _param_groups(self) -> list[dict]:
         hp = self.hparams
-        return param_groups(
-            self.network, hp.weight_decay, self.network.config.depths, hp.layer_decay
-        )
+        return param_groups(self.network, hp.weight_decay, hp.layer_decay)
 
     def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
         return warmup_cosine(

@@ -4,83 +4,57 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
-_BLOCK = re.compile(r"levels\.(\d+)\.blocks\.(\d+)\.")
-_DOWNSAMPLE = re.compile(r"levels\.(\d+)\.downsample\.")
-
-
-# Not decayed, as in the paper's code: norms' weights and biases, every bias, the rpb tables and the
-# layer scales. Decided by a parameter's own name and its module's type, never by its shape: under
-# FSDP (use_orig_params) every parameter is a 1-D view of this rank's shard, often empty.
-NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
-NO_DECAY_NAMES = frozenset({"bias", "rpb", "gamma1", "gamma2"})
-
-
-def no_weight_decay(module: nn.Module, name: str) -> bool:
-    """Whether ``module``'s own parameter ``name`` (``weight``, ``rpb``, ...) is kept out of weight decay."""
-    return isinstance(module, NORMS) or name in NO_DECAY_NAMES
-
 
 def owned_parameters(model: nn.Module):
-    """``(full name, owning module, own name, parameter)`` of every parameter once, in the order of
-    ``model.named_parameters()``."""
-    seen = set()
-    for prefix, module in model.named_modules():
-        for own, param in module.named_parameters(recurse=False):
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            name = f"{prefix}.{own}" if prefix else own
-            if getattr(param, "_is_flat_param", False):
-                raise ValueError(
-                    f"parameter {name!r} is FSDP's flattened parameter (use_orig_params=False), which "
-                    "mixes weights that are decayed with ones that are not: expected "
-                    "use_orig_params=True (FSDPStrategy's default)"
-                )
-            yield name, module, own, param
-
-
-def layer_id(name: str, depths: list[int]) -> int:
-    """Depth of a parameter for layer-wise LR decay: 0 = stem, 1..L = blocks, L+1 = norm/head."""
-    if "patch_embed." in name:
-        return 0
-    if match := _BLOCK.search(name):
-        level, block = int(match[1]), int(match[2])
-        return 1 + sum(depths[:level]) + block
-    if match := _DOWNSAMPLE.search(name):
-        return sum(depths[: int(match[1]) + 1])  # with the last block of its level
-    return sum(depths) + 1
+    """``(full name, parameter)`` of every parameter once, in the order of
+    ``model.named_parameters()``; FSDP's flattened parameters are refused."""
+    for name, param in model.named_parameters():
+        if getattr(param, "_is_flat_param", False):
+            raise ValueError(
+                f"parameter {name!r} is FSDP's flattened parameter (use_orig_params=False), which "
+                "mixes weights that are decayed with ones that are not: expected "
+                "use_orig_params=True (FSDPStrategy's default)"
+            )
+        yield name, param
 
 
 def param_groups(
     model: nn.Module,
     weight_decay: float,
-    depths: list[int],
     layer_decay: float | None = None,
     lr_mults: dict[str, float] | None = None,
 ):
-    """AdamW parameter groups: decay / no decay, each scaled by ``layer_decay ** (L+1 - depth)``.
+    """AdamW parameter groups: decay / no decay, each scaled by ``layer_decay ** (top - layer)``.
 
+    The model declares both: ``model.layer_ids()`` gives every parameter's layer (0 the stem, the
+    largest id its top: head, final norms) and ``model.no_weight_decay()`` the names kept out of
+    weight decay; a parameter without a layer id is an error, not a silent top layer.
     ``lr_mults`` multiplies the LR of the parameters whose name starts with a prefix (e.g.
     ``{"backbone.": 0.1}``; the first matching prefix wins). Every parameter is listed, trainable
     or not, so that unfreezing later needs no new groups.
     """
-    top = sum(depths) + 1
+    ids, no_decay = model.layer_ids(), model.no_weight_decay()
+    top = max(ids.values())
     groups: dict[tuple[int, bool, float], dict] = {}
-    for name, module, own, param in owned_parameters(model):
-        depth = layer_id(name, depths) if layer_decay is not None else top
-        skip = no_weight_decay(module, own)
+    for name, param in owned_parameters(model):
+        if name not in ids:
+            raise ValueError(
+                f"parameter {name!r} has no layer id: {type(model).__name__}.layer_ids() must "
+                "list every parameter (layer-wise LR decay would otherwise guess its depth)"
+            )
+        layer = ids[name] if layer_decay is not None else top
+        skip = name in no_decay
         mult = next((m for p, m in (lr_mults or {}).items() if name.startswith(p)), 1.0)
         group = groups.setdefault(
-            (depth, skip, mult),
+            (layer, skip, mult),
             {
                 "params": [],
                 "weight_decay": 0.0 if skip else weight_decay,
-                "lr_scale": mult * (layer_decay or 1.0) ** (top - depth),
+                "lr_scale": mult * (layer_decay or 1.0) ** (top - layer),
             },
         )
         group["params"].append(param)
