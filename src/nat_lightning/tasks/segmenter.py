@@ -311,8 +311,7 @@ class NatSegmenter(NatTask):
     def _param_groups(self) -> list[dict]:
         hp = self.hparams
         mults = {"backbone.": hp.backbone_lr_mult} if hp.backbone_lr_mult != 1.0 else None
-        depths = self.network.config.backbone.depths
-        return param_groups(self.network, hp.weight_decay, depths, hp.layer_decay, mults)
+        return param_groups(self.network, hp.weight_decay, hp.layer_decay, mults)
 
     def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
         hp = self.hparams
