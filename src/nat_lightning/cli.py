@@ -46,6 +46,7 @@ from .callbacks.checkpoints import (
 )
 from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
+from .models.files import read_lightning_checkpoint
 
 DEFAULT_ROOT = "runs/nat"
 # Lightning's DDP launcher re-runs this command line in child processes; they inherit rank 0's
@@ -158,7 +159,7 @@ class NatLightningCLI(LightningCLI):
                     f"ckpt_path={ckpt_path!r} does not exist or is not a file; expected "
                     "a .ckpt written by fit, or 'last'"
                 )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = read_lightning_checkpoint(path)
         defaults = checkpoint_defaults(checkpoint, self._chosen_model, self._chosen_data)
         self._subcommand_parsers[subcommand].set_defaults(defaults)
         super().parse_arguments(self.parser, self._args)

@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from .models.files import read_lightning_checkpoint
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -33,7 +35,7 @@ def load_checkpoint(ckpt_path: str):
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist or is not a file")
     task = import_class(DEFAULT_TASK.model)  # named in the error when the file is unreadable
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_lightning_checkpoint(path)
         task = import_class(recorded_class(checkpoint) or DEFAULT_TASK.model)
         model = task.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad file

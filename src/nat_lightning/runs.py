@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-import torch
+from .models.files import read_lightning_checkpoint
 
 LAST = "last.ckpt"  # rewritten after every epoch (callbacks.checkpoints.LastCheckpoint)
 ON_EXCEPTION = "on_exception.ckpt"  # written when a fit that has trained stops on an exception
@@ -82,8 +82,8 @@ def last_checkpoint(root: str | Path) -> tuple[Path, Path, str]:
 def trained_steps(path: Path) -> int | None:
     """The optimizer steps a checkpoint was written after; None if it cannot be read."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 (torch raises many types; an unreadable file is passed over)
+        checkpoint = read_lightning_checkpoint(path)
+    except (OSError, ValueError):  # an unreadable file is passed over
         return None
     return int(checkpoint.get("global_step", 0))
 

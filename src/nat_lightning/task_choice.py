@@ -18,8 +18,9 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
+
+from .models.files import read_lightning_checkpoint
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def _class_in(section) -> str | None:
 def checkpoint_class(path: str) -> str | None:
     """:func:`recorded_class` of the checkpoint file at ``path``; None if it cannot be read."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 (torch raises many types; the CLI reads it again and reports)
+        checkpoint = read_lightning_checkpoint(path)
+    except (OSError, ValueError):  # the CLI reports an unreadable checkpoint itself
         return None
     return recorded_class(checkpoint)
 

@@ -1,11 +1,16 @@
-"""Weight files on disk: reading state dicts without running pickled code, atomic writes.
+"""Weight files on disk: reading state dicts and checkpoints without running pickled code,
+atomic writes.
 
-``.safetensors`` is read with safetensors; ``.bin``/``.pth``/``.pt`` with
-``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+``.safetensors`` is read with safetensors; every other file (``.bin``/``.pth``/``.pt``, Lightning's
+``.ckpt``) by :func:`read_weights_only`, ``torch.load(weights_only=True)``, which refuses anything
+but tensors and plain containers. :func:`read_lightning_checkpoint` is the one reader of ``.ckpt``
+files (task choice, ``--ckpt_path``, ``pretrained=``, export, ``--ckpt_path last``): it keeps the
+last few it read, so a command reads each file once before Lightning restores it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import tempfile
@@ -25,13 +30,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as err:
-        raise ValueError(
-            f"{path} could not be read as a weights-only checkpoint (tensors and plain "
-            f"containers; pickled code is refused): {err}"
-        ) from err
+    state = read_weights_only(path)
     while isinstance(state, dict) and any(isinstance(state.get(k), dict) for k in _NESTS):
         state = next(state[k] for k in _NESTS if isinstance(state.get(k), dict))
     if not isinstance(state, dict):  # bad file content rather than a bad argument: ValueError
@@ -43,6 +42,42 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def read_weights_only(path: str | os.PathLike) -> object:
+    """``torch.load(weights_only=True)`` onto the CPU, tensors memory-mapped where the file's
+    format allows; a ValueError naming the file when it cannot be read that way."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, OSError) as err:
+        raise ValueError(
+            f"{path} could not be read as a weights-only checkpoint (tensors and plain "
+            f"containers; pickled code is refused): {err}"
+        ) from err
+
+
+def read_lightning_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning ``.ckpt`` as its dict (see :func:`read_weights_only`). The last few files
+    read are kept (while unchanged on disk): every part of a command asks this function."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    stat = path.stat()
+    return _read_checkpoint(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint(path: str, mtime_ns: int, size: int) -> dict:
+    checkpoint = read_weights_only(path)
+    if not isinstance(checkpoint, dict):
+        kind = type(checkpoint).__name__
+        raise ValueError(f"{path} holds a {kind}, expected a Lightning checkpoint (a dict)")  # noqa: TRY004
+    return checkpoint
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-
 from ..models import NatConfig, NatForImageClassification
+from ..models.files import read_lightning_checkpoint as read_ckpt_file
 from ..models.hub import resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -107,8 +106,9 @@ def build_network(
 
 
 def read_lightning_checkpoint(path: str) -> dict:
-    """A NatClassifier .ckpt (``weights_only``: no pickled code runs)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """A task's .ckpt with its network config and weights (``weights_only``: no pickled code
+    runs; read once, by models.files)."""
+    checkpoint = read_ckpt_file(path)
     if "model" not in (checkpoint.get("hyper_parameters") or {}) or "state_dict" not in checkpoint:
         raise ValueError(
             f"pretrained={path!r} is not a NatClassifier checkpoint: expected "
