@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from nat_lightning.data.columns import Columns
 from nat_lightning.data.images import (
@@ -111,6 +111,24 @@ def test_broken_values_decode_to_none(value):
 def test_a_truncated_image_is_broken():
     data = stored(Image.effect_noise((64, 64), 50).convert("RGB"))["bytes"]
     assert decode_image({"bytes": data[: len(data) // 2], "path": None}) is None
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP"])
+@pytest.mark.parametrize("load_truncated", [False, True])
+def test_a_file_cut_short_is_undecodable_even_where_pil_is_told_to_load_it(
+    fmt, load_truncated, monkeypatch
+):
+    """PIL raises at load() on a file cut short, unless ImageFile.LOAD_TRUNCATED_IMAGES is set,
+    when it pads the missing rows: decode_image refuses either way and leaves the flag as set."""
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format=fmt)
+    cut = buffer.getvalue()[: len(buffer.getvalue()) * 7 // 10]  # past the header
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
+    if load_truncated and fmt in ("JPEG", "PNG", "BMP"):  # PIL itself decodes these padded
+        with Image.open(io.BytesIO(cut)) as image:
+            image.load()
+    assert decode_image({"bytes": cut, "path": None}) is None
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is load_truncated
 
 
 def test_decoder_labels_and_collate_counts_the_broken():

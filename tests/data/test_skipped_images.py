@@ -2,6 +2,8 @@
 images: 0-row batches for undecodable ones, exact counts logged per stage and epoch and warned
 about, and the run stopped, naming the files, past ``max_skipped_fraction``."""
 
+import ast
+
 import lightning as L
 import pytest
 import torch
@@ -64,11 +66,17 @@ def test_corrupt_images_are_skipped_counted_and_reported(streaming):
             seen.append(int((batch["labels"] >= 0).sum()))
 
     run = trainer(max_epochs=2, callbacks=[SkippedImagesReport(), Count()])
-    with pytest.warns(
-        UserWarning,
-        match=r"3 of 40 image\(s\) in train \(epoch 1, all ranks\) could not be decoded",
-    ):
+    with pytest.warns(UserWarning) as warned:
         run.fit(Probe(), datamodule=dm)
+    lines = [str(w.message) for w in warned if "could not be decoded" in str(w.message)]
+    assert [line.split(", e.g. ")[0] for line in lines] == [  # one line per stage, at fit's end
+        f"{n} image(s) in {stage} (epochs 0-1, summed, all ranks) could not be decoded and "
+        "were skipped"
+        for n, stage in (("6 of 80", "train"), ("2 of 22", "validate"))
+    ]
+    if not streaming:  # streamed rows have neither a path nor a row index
+        names = [sorted(ast.literal_eval(line.split(", e.g. ")[1])) for line in lines]
+        assert names == [["row 17", "row 18", "row 3"], ["row 5"]]  # each once, though read twice
     assert run.callback_metrics["data/skipped_train"] == 3  # per epoch: the count was reset
     assert run.callback_metrics["data/skipped_validate"] == 1
     assert sum(seen) == 2 * 37 and dm.tallies == {}

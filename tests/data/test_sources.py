@@ -139,11 +139,17 @@ def test_a_typo_in_a_local_path_shows_what_its_folder_holds(tmp_path, monkeypatc
 @pytest.mark.parametrize(
     "files,found",
     [
-        (["0.png", "1.png", "2.jpg"], r"3 image file\(s\), 3 in '\.'"),  # flat
-        (["cat/0.png", "cat/1.png"], r"2 image file\(s\), 2 in 'cat'"),  # one class
+        (
+            ["0.png", "1.png", "2.jpg"],
+            r"in no class folder\. .*: '\.' \(depth 0\): 3 image",
+        ),  # flat
+        (["cat/0.png", "cat/1.png"], r"named 'cat': one class.*: 'cat' \(depth 1\): 2 image"),
         (
             ["train/cat/0.png", "validation/cat/1.png", "validation/cat/2.png"],
-            r"3 image file\(s\), 1 in 'train/cat', 2 in 'validation/cat'",
+            (
+                r"named 'cat': one class.*: 'train/cat' \(depth 2\): 1 image\(s\), "
+                r"'validation/cat' \(depth 2\): 2 image"
+            ),
         ),
     ],
 )
@@ -151,8 +157,8 @@ def test_a_folder_without_class_subfolders_says_what_it_found_and_expects(files,
     write_images(tmp_path / "images", {name: i for i, name in enumerate(files)})
     with pytest.raises(
         ValueError,
-        match=rf"dataset='.*images' is an image folder without class labels: it holds {found}; "
-        r"expected one subfolder per class, at least two, .*pass them as predict_paths=",
+        match=rf"dataset='.*images' is an image folder without class labels: .*{found}.*"
+        r"Expected one subfolder per class, at least two, .*pass them as predict_paths=",
     ) as error:
         _ = HFImageDataModule(str(tmp_path / "images")).num_classes
     assert "label_column" not in str(error.value)

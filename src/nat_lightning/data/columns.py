@@ -14,7 +14,8 @@ from typing import Any
 
 from datasets import ClassLabel, Features, Image, Value
 
-from .sources import MAX_LISTED, Source, describe, images_by_folder
+from .folder_structure import unlabelled_folder_error
+from .sources import Source, describe
 
 CONVENTIONAL_LABELS = ("label", "labels")  # used when no column is a ClassLabel
 IMAGE_DTYPES = ("binary", "large_binary", "string", "large_string")  # bytes or paths: cast to Image
@@ -99,23 +100,14 @@ def find_label_column(
 
 
 def check_labelled_folder(features: Features, dataset: Source) -> None:
-    """A ValueError for an image folder that imagefolder read without labels: its images are
-    not in one subfolder per class (imagefolder labels by subfolder only from two of them)."""
+    """A ValueError for an image folder that imagefolder read without labels, describing the
+    folders that hold its images, at which depth, and what is expected (folder_structure)."""
     only_images = all(isinstance(f, Image) for f in features.values())
     if not (isinstance(dataset, str) and only_images and Path(dataset).expanduser().is_dir()):
         return
-    counts = images_by_folder(dataset)
-    if not counts:
-        return
-    where = [f"{n} in {folder!r}" for folder, n in sorted(counts.items())]
-    more = f" and {len(where) - MAX_LISTED} more folders" if len(where) > MAX_LISTED else ""
-    raise ValueError(
-        f"dataset={dataset!r} is an image folder without class labels: it holds "
-        f"{sum(counts.values())} image file(s), {', '.join(where[:MAX_LISTED])}{more}; expected "
-        "one subfolder per class, at least two, named after the classes (cat/1.png, dog/2.png, "
-        "...; optionally inside train/, validation/ and test/ folders); to predict on "
-        "unlabelled images, pass them as predict_paths= instead"
-    )
+    message = unlabelled_folder_error(dataset)
+    if message is not None:
+        raise ValueError(message)
 
 
 def is_categorical(feature) -> bool:

@@ -10,13 +10,16 @@ against ``max_skipped_fraction``; a batch of undecodable images only has B = 0.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import ClassVar
 
-from datasets import Dataset, DatasetDict
+import pyarrow.compute as pc
+from datasets import ClassLabel, Dataset, DatasetDict, Image
 
 from .base import PREPROCESSING_RANGES, RANGES, HFDataModule
 from .columns import Columns, resolve_columns
 from .digits import DIGITS_PARQUET
+from .folder_structure import empty_class_folders, empty_folders_line
 from .images import Collate, ExampleDecoder
 from .transforms import eval_transform, train_transform
 
@@ -172,6 +175,27 @@ class HFImageDataModule(HFDataModule):
         return resolve_columns(
             features, self.dataset, hp.image_column, hp.label_column, self._label_values
         )
+
+    @cached_property
+    def empty_folders_note(self) -> str | None:
+        """One line naming the empty folders beside the class folders of a local image folder
+        (imagefolder makes no class of them), for SkippedImagesReport to print at the end of
+        a stage; None when there are none or the classes are not folder names."""
+        features = self._features("an image folder")
+        from_folders = isinstance(self.dataset, str) and Path(self.dataset).expanduser().is_dir()
+        if not from_folders or set(features) != {"image", "label"}:
+            return None
+        if not (isinstance(features["image"], Image) and isinstance(features["label"], ClassLabel)):
+            return None
+        paths = [
+            path
+            for split in self.all_splits.values()
+            if isinstance(split, Dataset)
+            for path in pc.struct_field(split.data.column("image"), "path").to_pylist()
+            if path is not None
+        ]
+        empty = empty_class_folders(self.dataset, paths)
+        return empty_folders_line(self.dataset, empty, self.columns.names)
 
     def _label_values(self, column: str):
         """Every raw value of a string/integer label column, over all splits."""

@@ -9,14 +9,15 @@ lists it among the ids (predict) and counts it, so reports can say which files f
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import albumentations as A
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .columns import Columns
 from .transforms import reseed
@@ -69,16 +70,31 @@ def image_source(value: Mapping[str, Any] | bytes | str | None) -> io.BytesIO | 
     return io.BytesIO(data) if data is not None else path
 
 
+@contextmanager
+def truncated_raises() -> Iterator[None]:
+    """PIL's default while an image loads: a truncated file (JPEG, PNG, GIF, BMP, ... cut short)
+    raises OSError, even where other code set ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, under
+    which PIL fills the missing rows (grey in a JPEG, black in a PNG) and raises nothing.
+    Restored afterwards; data loading decodes in one thread per process (DataLoader workers are
+    processes)."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def decoded(
     value: Mapping[str, Any] | bytes | str | None, read: Callable[[Image.Image], T]
 ) -> T | None:
     """``read`` of the image a stored value holds (bytes, else a path); None when there is none
-    or it cannot be opened, loaded or read."""
+    or it cannot be opened, loaded or read, a truncated file included (truncated_raises)."""
     source = image_source(value)
     if source is None:
         return None
     try:
-        with Image.open(source) as image:
+        with truncated_raises(), Image.open(source) as image:
             image.load()
             return read(image)
     except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...

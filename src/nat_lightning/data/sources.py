@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,17 +134,6 @@ def missing_path(path: str) -> str:
     held = sorted(p.name for p in path.parent.iterdir())
     more = f" and {len(held) - MAX_LISTED} more" if len(held) > MAX_LISTED else ""
     return f"{str(path.parent)!r} holds {held[:MAX_LISTED]}{more}"
-
-
-def images_by_folder(folder: str) -> Counter:
-    """Image files under ``folder``, counted by the subfolder (relative, '.' for itself) that
-    holds them."""
-    root = Path(folder).expanduser()
-    return Counter(
-        str(f.parent.relative_to(root))
-        for f in root.rglob("*")
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    )
 
 
 def load_hub(name: str, config_name: str | None, streaming: bool, cache_dir: str | None) -> Splits:
