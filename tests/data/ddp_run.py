@@ -1,8 +1,9 @@
-"""Run by test_ddp.py as ``python -m tests.data.ddp_run OUT_DIR [broken]``: two DDP processes (gloo
+"""Run by test_ddp.py as ``python -m tests.data.ddp_run OUT_DIR [MODE]``: two DDP processes (gloo
 on the CPU) train and validate on a streamed dataset whose size divides by neither the ranks, the
 workers nor the batch size. Each rank writes, per epoch, the example ids it trained and validated
 on. With ``broken``, most training images (map-style, so named by row) do not decode, and
-SkippedImagesReport stops the run on every rank. With ``segmentation``, the same run on
+SkippedImagesReport stops the run on every rank; ``tolerated``, the same with
+max_skipped_fraction=1, runs to the end. With ``segmentation``, the same run on
 image-mask pairs through HFSegmentationDataModule.
 
 strategy="ddp" starts each rank as a fresh ``python -m`` process, whose DataLoader workers fork;
@@ -96,7 +97,7 @@ def segmentation_data() -> HFSegmentationDataModule:
     return HFSegmentationDataModule(data, streaming=True, shuffle_buffer=8, **plain)
 
 
-def main(out: str, broken: bool = False, segmentation: bool = False) -> None:
+def main(out: str, broken: bool = False, segmentation: bool = False, limit: float = 0.5) -> None:
     train = coloured(TRAIN)
     if broken:
         rows = train.to_dict()
@@ -111,6 +112,7 @@ def main(out: str, broken: bool = False, segmentation: bool = False) -> None:
             data,
             streaming=not broken,
             shuffle_buffer=8,
+            max_skipped_fraction=limit,
             **{**PLAIN, "batch_size": 4, "num_workers": 2},
         )
     )
@@ -131,4 +133,6 @@ def main(out: str, broken: bool = False, segmentation: bool = False) -> None:
 
 if __name__ == "__main__":
     mode = sys.argv[2:]
-    main(sys.argv[1], broken=mode == ["broken"], segmentation=mode == ["segmentation"])
+    broken = mode in (["broken"], ["tolerated"])  # tolerated: broken, max_skipped_fraction=1
+    limit = 1.0 if mode == ["tolerated"] else 0.5
+    main(sys.argv[1], broken=broken, segmentation=mode == ["segmentation"], limit=limit)

@@ -54,3 +54,21 @@ def test_too_many_undecodable_images_stop_every_rank_naming_rows_of_both(tmp_pat
     rows = [int(row) for row in re.findall(r"'row (\d+)'", message.group(2))]
     assert len(rows) == 20 and set(rows) <= set(BROKEN)  # ten from each rank
     assert len(set(rows)) >= 19  # the ranks read different rows (one may be the repeated one)
+
+
+@pytest.mark.slow
+def test_tolerated_undecodable_images_are_one_line_from_rank_zero_summed_over_ranks(tmp_path):
+    returncode, output = run_ddp(tmp_path, "tolerated")
+    assert returncode == 0, output[-3000:]
+    lines = [line for line in output.splitlines() if "could not be decoded" in line]
+    assert len(lines) == 1, output[-3000:]  # once, at the end of fit, on rank zero only
+    # 46 rows read per epoch (the sampler repeats one), of which the broken ones, on both ranks
+    found = re.search(
+        r"(\d+) of 92 image\(s\) in train \(epochs 0-1, summed, all ranks\) could not be "
+        r"decoded and were skipped, e\.g\. \[(.*)\]$",
+        lines[0],
+    )
+    assert found is not None, lines[0]
+    assert int(found.group(1)) in range(2 * len(BROKEN), 2 * len(BROKEN) + 3)
+    rows = [int(row) for row in re.findall(r"'row (\d+)'", found.group(2))]
+    assert len(set(rows)) == 5 and set(rows) <= set(BROKEN)
