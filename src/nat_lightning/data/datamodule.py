@@ -181,9 +181,10 @@ class HFImageDataModule(HFDataModule):
         """One line naming the empty folders beside the class folders of a local image folder
         (imagefolder makes no class of them), for SkippedImagesReport to print at the end of
         a stage; None when there are none or the classes are not folder names."""
+        if not (isinstance(self.dataset, str) and Path(self.dataset).expanduser().is_dir()):
+            return None  # checked first: a Hub id's features are a request away
         features = self._features("an image folder")
-        from_folders = isinstance(self.dataset, str) and Path(self.dataset).expanduser().is_dir()
-        if not from_folders or set(features) != {"image", "label"}:
+        if set(features) != {"image", "label"}:
             return None
         if not (isinstance(features["image"], Image) and isinstance(features["label"], ClassLabel)):
             return None
