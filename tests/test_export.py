@@ -26,7 +26,8 @@ from nat_lightning.data.transforms import (
     eval_transform,
     read_preprocessor_config,
 )
-from nat_lightning.export import export, preprocessor_config
+from nat_lightning.export import export
+from nat_lightning.processor_config import preprocessor_config
 
 # Mean |difference| in 8-bit levels after 4x4 average pooling. PIL's antialiased bicubic against
 # cv2's INTER_CUBIC, and the longer side that albumentations rounds and transformers floors (see

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from nat_lightning.task_choice import TASKS, chosen_classes, import_class, task_of
+from nat_lightning import NatClassifier, NatSegmenter
+from nat_lightning.task_choice import chosen_classes, import_class, known_tasks, task_of
+from nat_lightning.tasks.base import NatTask
 
 CLASSIFY = ("nat_lightning.NatClassifier", None)
 
@@ -41,10 +43,26 @@ def test_a_checkpoint_names_its_class_unless_the_command_line_does(tmp_path):
 
 
 def test_tasks_bring_their_data_and_metric():
-    assert task_of("NatSegmenter").data == "nat_lightning.HFSegmentationDataModule"
+    assert task_of("NatSegmenter").data_class == "nat_lightning.HFSegmentationDataModule"
     assert task_of("nat_lightning.tasks.classifier.NatClassifier").monitor == "val/acc1"
     assert task_of("lightning.pytorch.demos.boring_classes.BoringModel") is None
-    for task in TASKS:
-        import_class(task.model), import_class(task.data)
+    assert {NatClassifier, NatSegmenter} <= set(known_tasks())
+    for task in known_tasks():
+        import_class(task.data_class), import_class(task.writer_class)
     with pytest.raises(ValueError, match="model class 'NoSuchTask' cannot be imported"):
         task_of("NoSuchTask")
+
+
+def test_a_task_states_what_the_cli_and_export_need():
+    """The contract is code: a task without its class attributes cannot be defined, and one
+    without the abstract methods cannot be built."""
+    methods = ("backbone", "backbone_config", "_adopt_classes", "_training_loss", "_evaluate",
+               "_log_epoch_metrics", "_param_groups", "_lr_scheduler", "_training_flops",
+               "_default_datamodule", "preprocessor_config", "export_image_size")
+    assert NatTask.__abstractmethods__ == set(methods)
+    defined = {name: (lambda self, *args: None) for name in methods}
+    with pytest.raises(TypeError, match=r"task Incomplete must set the class attributes "
+                                        r"\['monitor', 'checkpoint_filename', 'data_class', 'writer_class', 'card'\]"):
+        type("Incomplete", (NatTask,), defined)
+    with pytest.raises(TypeError, match="Can't instantiate abstract class Half"):
+        type("Half", (NatTask,), {})()

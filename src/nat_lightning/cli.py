@@ -107,7 +107,7 @@ class NatLightningCLI(LightningCLI):
             [str(a) for a in chosen] if isinstance(chosen, list) else []
         )
         self._task = task_choice.task_of(self._chosen_model)
-        self._chosen_data = data_class or (self._task.data if self._task else None)
+        self._chosen_data = data_class or (self._task.data_class if self._task else None)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(*args, **kwargs)
@@ -123,15 +123,15 @@ class NatLightningCLI(LightningCLI):
             parser.set_defaults(
                 {
                     "checkpoint.monitor": self._task.monitor,
-                    "checkpoint.mode": "max",
-                    "checkpoint.filename": self._task.filename,
+                    "checkpoint.mode": self._task.monitor_mode,
+                    "checkpoint.filename": self._task.checkpoint_filename,
                     "checkpoint.auto_insert_metric_name": False,
                 }
             )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # predict's outputs: a CSV of classes, or mask PNGs and their index for the segmenter
-        task = self._task or task_choice.DEFAULT_TASK
-        parser.add_lightning_class_args(task_choice.import_class(task.writer), "prediction")
+        task = self._task or task_choice.task_of(task_choice.DEFAULT_TASK)
+        parser.add_lightning_class_args(task_choice.import_class(task.writer_class), "prediction")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self._args = args  # kept for the second parse with a checkpoint's defaults

@@ -1,4 +1,4 @@
-"""Export a trained NatClassifier or NatSegmenter checkpoint: transformers-layout folder, ONNX,
+"""Export a trained task's checkpoint (NatClassifier, NatSegmenter, ...): transformers-layout folder, ONNX,
 or the Hub.
 
     nat-lightning export --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --output exported/digits
@@ -22,21 +22,19 @@ import torch
 
 from .models.files import read_lightning_checkpoint
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 def load_checkpoint(ckpt_path: str):
-    """The task (NatClassifier or NatSegmenter, as the checkpoint was trained) and the raw
+    """The task (NatClassifier, NatSegmenter, ..., as the checkpoint was trained) and the raw
     checkpoint dict; a clear error for missing or corrupt files."""
     from .task_choice import DEFAULT_TASK, import_class, recorded_class
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist or is not a file")
-    task = import_class(DEFAULT_TASK.model)  # named in the error when the file is unreadable
+    task = import_class(DEFAULT_TASK)  # named in the error when the file is unreadable
     try:
         checkpoint = read_lightning_checkpoint(path)
-        task = import_class(recorded_class(checkpoint) or DEFAULT_TASK.model)
+        task = import_class(recorded_class(checkpoint) or DEFAULT_TASK)
         model = task.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad file
         raise ValueError(
@@ -45,114 +43,25 @@ def load_checkpoint(ckpt_path: str):
     return model.eval(), checkpoint
 
 
-def is_segmenter(model) -> bool:
-    from .tasks import NatSegmenter
-
-    return isinstance(model, NatSegmenter)
-
-
-def data_settings(checkpoint: dict) -> tuple[int, float, list[float], list[float]]:
-    """``image_size``, ``crop_pct``, ``mean`` and ``std`` of the checkpoint's data module; older
-    checkpoints may lack them or hold None: 224, 0.875 and ImageNet's statistics then."""
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    size = int(data.get("image_size") or 224)
-    crop_pct = float(data.get("crop_pct") or 0.875)
-    return (
-        size,
-        crop_pct,
-        list(data.get("mean") or IMAGENET_MEAN),
-        list(data.get("std") or IMAGENET_STD),
-    )
-
-
-def preprocessor_config(checkpoint: dict) -> dict:
-    """transformers' preprocessor_config.json for our evaluation transform (data/transforms.py
-    ``eval_transform``): shorter side to ``int(image_size / crop_pct)``, bicubic, centre crop
-    ``image_size``, normalise.
-
-    CLIPImageProcessor does exactly that with ``size={"shortest_edge": int(image_size /
-    crop_pct)}`` and ``crop_size=image_size``, at every size and in transformers 4.x and 5.x alike,
-    and read_preprocessor_config reads crop_size / shortest_edge back as the crop_pct. Not
-    ViTImageProcessor: it ignores ``crop_pct`` and squashes the image to a square; nor
-    ConvNextImageProcessor: it squashes from 384 px on. One difference remains: albumentations
-    rounds the longer side, transformers floors it, so that side can be a pixel shorter there and
-    the crop a pixel off.
-    """
-    size, crop_pct, mean, std = data_settings(checkpoint)
-    return {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_convert_rgb": True,
-        "do_resize": True,
-        "size": {"shortest_edge": int(size / crop_pct + 1e-9)},  # eval_transform's rounding
-        "resample": 3,  # PIL.Image.BICUBIC
-        "do_center_crop": True,
-        "crop_size": {"height": size, "width": size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": mean,
-        "image_std": std,
-    }
-
-
-def segmentation_preprocessor_config(model, checkpoint: dict) -> dict:
-    """transformers' preprocessor_config.json for HFSegmentationDataModule's evaluation
-    transform: shorter side to ``eval_size`` (bilinear, aspect kept), normalise. CLIPImageProcessor
-    without its centre crop does that; our padding to a multiple of 32 changes no prediction
-    inside the image, so it has no counterpart there."""
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    recorded = model.preprocessing or {}
-    return {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_convert_rgb": True,
-        "do_resize": True,
-        "size": {"shortest_edge": int(data.get("eval_size") or data.get("crop_size") or 512)},
-        "resample": 2,  # PIL.Image.BILINEAR, as the evaluation resize
-        "do_center_crop": False,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(recorded.get("mean") or data.get("mean") or IMAGENET_MEAN),
-        "image_std": list(recorded.get("std") or data.get("std") or IMAGENET_STD),
-    }
-
-
 def _scores(checkpoint: dict) -> str:
     """The best values the checkpoint's ModelCheckpoint callbacks recorded, as table rows."""
     scores = [
         (cb_state.get("monitor"), cb_state.get("best_model_score"))
         for name, cb_state in (checkpoint.get("callbacks") or {}).items()
-        if name.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None
+        if isinstance(cb_state, dict)  # ModelCheckpoint's and its subclasses' (BestCheckpoint)
+        and cb_state.get("monitor")
+        and cb_state.get("best_model_score") is not None
     ]
     return "\n".join(f"| {m} | {float(s):.4f} |" for m, s in scores) or "| (none recorded) | |"
 
 
-# what a model card says of each task: embedded data, tags, pipeline, title, class names
-_CARDS = {
-    "classifier": (
-        "the embedded 8x8 digits",
-        "image-classification",
-        "image-classification",
-        "{kind} image classifier",
-        "NatForImageClassification",
-        "AutoModelForImageClassification",
-    ),
-    "segmenter": (
-        "the embedded shapes",
-        "image-segmentation, semantic-segmentation, upernet",
-        "image-segmentation",
-        "UPerNet + {kind} semantic segmentation",
-        "NatForSemanticSegmentation",
-        "UperNetForSemanticSegmentation",
-    ),
-}
-
-
 def model_card(model, checkpoint: dict) -> str:
-    segmenter = is_segmenter(model)
-    embedded, tags, pipeline, title, ours, theirs = _CARDS["segmenter" if segmenter else "classifier"]
-    config = model.network.config.backbone if segmenter else model.network.config
-    kind = "DiNAT" if config.dilations else "NAT"
+    """README.md of an exported folder, from the task's ``card`` and the checkpoint."""
+    card = model.card
+    embedded, tags, pipeline, title, ours, theirs = (
+        card.embedded, card.tags, card.pipeline, card.title, card.ours, card.theirs
+    )
+    kind = "DiNAT" if model.backbone_config.dilations else "NAT"
     dataset = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
     dataset = embedded if dataset is None else str(dataset)
     labels = ", ".join(f"`{v}`" for v in model.id2label.values())
@@ -220,7 +129,7 @@ def export(
             built = tmp
         else:
             built = tmp / target.name
-            write_onnx(model, built, image_size or onnx_size(model, checkpoint), opset)
+            write_onnx(model, built, image_size or model.export_image_size(checkpoint), opset)
         _share_modes(built)
         _move_into_place(built, target)
     finally:
@@ -230,19 +139,9 @@ def export(
     return target
 
 
-def onnx_size(model, checkpoint: dict) -> int:
-    if is_segmenter(model):
-        return segmentation_preprocessor_config(model, checkpoint)["size"]["shortest_edge"]
-    return data_settings(checkpoint)[0]
-
-
 def write_hf_folder(model, checkpoint: dict, folder: Path) -> None:
     model.save_pretrained(folder)
-    config = (
-        segmentation_preprocessor_config(model, checkpoint)
-        if is_segmenter(model)
-        else preprocessor_config(checkpoint)
-    )
+    config = model.preprocessor_config(checkpoint)
     (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
     (folder / "README.md").write_text(model_card(model, checkpoint))
 

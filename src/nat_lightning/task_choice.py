@@ -15,42 +15,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .models.files import read_lightning_checkpoint
+from .tasks.base import NatTask
 
-
-@dataclass(frozen=True)
-class Task:
-    """A LightningModule class and what the CLI sets for it by default."""
-
-    model: str  # class path
-    data: str  # class path of its default data module
-    monitor: str  # the metric ModelCheckpoint keeps the best epochs by (higher is better)
-    filename: str  # ModelCheckpoint's file name of those epochs
-    writer: str  # class path of the callback that writes predict's outputs (``--prediction.*``)
-
-
-TASKS = (
-    Task(
-        "nat_lightning.NatClassifier",
-        "nat_lightning.HFImageDataModule",
-        "val/acc1",
-        "epoch{epoch:03d}-acc{val/acc1:.4f}",
-        "nat_lightning.callbacks.prediction_writer.PredictionWriter",
-    ),
-    Task(
-        "nat_lightning.NatSegmenter",
-        "nat_lightning.HFSegmentationDataModule",
-        "val/miou",
-        "epoch{epoch:03d}-miou{val/miou:.4f}",
-        "nat_lightning.callbacks.mask_writer.MaskWriter",
-    ),
-)
-DEFAULT_TASK = TASKS[0]
+DEFAULT_TASK = "nat_lightning.NatClassifier"
 
 
 def import_class(path: str) -> type:
@@ -62,17 +34,35 @@ def import_class(path: str) -> type:
     except (ImportError, AttributeError) as err:
         raise ValueError(
             f"model class {path!r} cannot be imported ({err}); expected one of "
-            f"{[t.model for t in TASKS]} or an importable class path"
+            f"{[class_path(t) for t in known_tasks()]} or an importable class path"
         ) from err
 
 
-def task_of(class_path: str) -> Task | None:
-    """The Task of a class (or of a subclass of a known task); None for other LightningModules."""
-    cls = import_class(class_path)
-    for task in TASKS:
-        if issubclass(cls, import_class(task.model)):
-            return task
-    return None
+def task_of(path: str) -> type[NatTask] | None:
+    """The task class at ``path`` (a NatTask: it carries its data module, metric and writer);
+    None for other LightningModules."""
+    cls = import_class(path)
+    return cls if isinstance(cls, type) and issubclass(cls, NatTask) else None
+
+
+def known_tasks() -> list[type[NatTask]]:
+    """The concrete NatTask classes imported so far (nat_lightning's own and any user's)."""
+    found, todo = [], list(NatTask.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo += cls.__subclasses__()
+        if not getattr(cls, "__abstractmethods__", None):
+            found.append(cls)
+    return found
+
+
+def class_path(cls: type) -> str:
+    """``nat_lightning.NatClassifier`` for the package's own tasks, else module.name."""
+    import nat_lightning
+
+    if getattr(nat_lightning, cls.__name__, None) is cls:
+        return f"nat_lightning.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def chosen_classes(args: list[str]) -> tuple[str, str | None]:
@@ -91,7 +81,7 @@ def chosen_classes(args: list[str]) -> tuple[str, str | None]:
             data = _class_in(_option(value)) or data
         elif flag == "--ckpt_path" and Path(value).is_file():
             ckpt_model = checkpoint_class(value)
-    return model or ckpt_model or DEFAULT_TASK.model, data
+    return model or ckpt_model or DEFAULT_TASK, data
 
 
 def _flag_values(args: list[str]):
@@ -145,7 +135,7 @@ def recorded_class(checkpoint: dict) -> str | None:
     if "_class_path" in hparams:
         return hparams["_class_path"]
     saved = set(hparams) - {"_instantiator"}
-    for task in TASKS:
-        if saved <= set(inspect.signature(import_class(task.model)).parameters):
-            return task.model
+    for task in known_tasks():
+        if saved <= set(inspect.signature(task).parameters):
+            return class_path(task)
     return None

@@ -11,16 +11,19 @@
 - the FLOPs of a training batch (``flops_per_batch``), for ImageThroughputMonitor;
 - the embedded default data, used when fit, validate or test gets no data at all.
 
-A subclass builds ``self.network`` and sets ``self.id2label``, ``self.num_classes``,
-``self.preprocessing`` and ``self._classes_from_data`` in its ``__init__`` (then calls
-``_init_task``), and defines ``backbone``, ``_adopt_classes``, ``_training_loss``, ``_evaluate``,
-``_log_epoch_metrics``, ``_param_groups``, ``_lr_scheduler``, ``_training_flops`` and
-``_default_datamodule``. Its hyperparameters include those NatClassifier documents for the
-shared parts: lr, weight_decay, betas, warmup_epochs, warmup_steps, min_lr, rescale_schedule,
-finetune, unfreeze_at_epoch, ema_decay and compile.
+The contract is stated in code: what the CLI and export read of a task are class attributes
+(``monitor``, ``monitor_mode``, ``checkpoint_filename``, ``data_class``, ``writer_class``,
+``card``; a concrete task without them is a TypeError), and what a task must define are abstract
+methods (``abc``). A subclass builds ``self.network`` and sets ``self.id2label``,
+``self.num_classes``, ``self.preprocessing`` and ``self._classes_from_data`` in its ``__init__``,
+then calls ``_init_task``.
 """
 
 from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -34,11 +37,41 @@ from ..callbacks.skipped_images import SkippedImagesReport
 from .optim import schedule_length
 
 
-class NatTask(L.LightningModule):
+@dataclass(frozen=True)
+class ModelCard:
+    """What the model card of an exported task says: its embedded data, tags, pipeline, title (with
+    ``{kind}``, NAT or DiNAT), and our and transformers' class that load the folder."""
+
+    embedded: str
+    tags: str
+    pipeline: str
+    title: str
+    ours: str
+    theirs: str
+
+
+class NatTask(L.LightningModule, abc.ABC):
+    # -- what the CLI and export read of a task: every concrete task sets these ---------------
+    monitor: ClassVar[str]  # the metric ModelCheckpoint keeps the best epochs by
+    monitor_mode: ClassVar[str] = "max"  # whether higher ("max") or lower ("min") is better
+    checkpoint_filename: ClassVar[str]  # ModelCheckpoint's file name for those epochs
+    data_class: ClassVar[str]  # class path of its default data module (``--data.*``)
+    writer_class: ClassVar[str]  # class path of predict's writer callback (``--prediction.*``)
+    card: ClassVar[ModelCard]  # what an exported folder's README says of the task
+    _DECLARED = ("monitor", "checkpoint_filename", "data_class", "writer_class", "card")
+
     # the datamodule attributes recorded as ``preprocessing`` (all of them, or none)
     PREPROCESSING_KEYS: tuple[str, ...] = ("image_size", "crop_pct", "mean", "std")
     # the state_dict key of the classifier layer whose rows are the classes (checked on load)
     HEAD_WEIGHT = "network.head.weight"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # (ABCMeta computes __abstractmethods__ only after this hook: look at the methods)
+        abstract = any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls))
+        missing = [name for name in cls._DECLARED if not hasattr(cls, name)]
+        if missing and not abstract:
+            raise TypeError(f"task {cls.__name__} must set the class attributes {missing}")
 
     def _init_task(self) -> None:
         self._fallback_data = None
@@ -187,6 +220,58 @@ class NatTask(L.LightningModule):
     def save_pretrained(self, directory) -> None:
         """Write the network in transformers' layout (config.json + model.safetensors)."""
         self.network.save_pretrained(directory)
+
+    # -- what a task must define ---------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def backbone(self) -> torch.nn.Module:
+        """The feature extractor: what finetuning freezes and layer decay starts from."""
+
+    @property
+    @abc.abstractmethod
+    def backbone_config(self):
+        """The NatConfig of the backbone (variant, dilations), for the model card."""
+
+    @abc.abstractmethod
+    def _adopt_classes(self, id2label: dict[int, str]) -> None:
+        """Rebuild the head (and metrics) for the data's classes."""
+
+    @abc.abstractmethod
+    def _training_loss(self, batch) -> torch.Tensor:
+        """The loss of a training batch (logging its metrics)."""
+
+    @abc.abstractmethod
+    def _evaluate(self, stage: str, batch) -> None:
+        """Update ``stage``'s (val, test) metrics with a batch."""
+
+    @abc.abstractmethod
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Compute, log and reset ``stage``'s metrics at the end of its epoch."""
+
+    @abc.abstractmethod
+    def _param_groups(self) -> list[dict]:
+        """AdamW's parameter groups (optim.param_groups)."""
+
+    @abc.abstractmethod
+    def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
+        """The per-step LR schedule of the task's recipe."""
+
+    @abc.abstractmethod
+    def _training_flops(self, shape: tuple[int, ...]) -> int:
+        """FLOPs of one training step on a batch of ``shape``."""
+
+    @abc.abstractmethod
+    def _default_datamodule(self):
+        """The embedded data module used when no data is given at all."""
+
+    @abc.abstractmethod
+    def preprocessor_config(self, checkpoint: dict) -> dict:
+        """transformers' preprocessor_config.json for the data the checkpoint evaluated with."""
+
+    @abc.abstractmethod
+    def export_image_size(self, checkpoint: dict) -> int:
+        """The square image size of an ONNX export, by default."""
 
     # -- the embedded default data, used only when no data at all is given --------------------
 

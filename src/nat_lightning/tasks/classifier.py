@@ -28,7 +28,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..models import NatConfig, NatForImageClassification
-from .base import NatTask, meta_training_flops
+from ..processor_config import data_settings, preprocessor_config
+from .base import ModelCard, NatTask, meta_training_flops
 from .mixup import MixupCutmix
 from .network import build_network, pretrained_preprocessing, with_classes
 from .optim import param_groups, warmup_cosine
@@ -40,6 +41,19 @@ PER_CLASS_LIMIT = 100  # per-class accuracy is logged by default up to this many
 
 
 class NatClassifier(NatTask):
+    monitor = "val/acc1"
+    checkpoint_filename = "epoch{epoch:03d}-acc{val/acc1:.4f}"
+    data_class = "nat_lightning.HFImageDataModule"
+    writer_class = "nat_lightning.callbacks.prediction_writer.PredictionWriter"
+    card = ModelCard(
+        embedded="the embedded 8x8 digits",
+        tags="image-classification",
+        pipeline="image-classification",
+        title="{kind} image classifier",
+        ours="NatForImageClassification",
+        theirs="AutoModelForImageClassification",
+    )
+
     def __init__(
         self,
         model: str | NatConfig | dict[str, Any] | None = None,
@@ -180,6 +194,16 @@ class NatClassifier(NatTask):
     def backbone(self) -> torch.nn.Module:
         """The feature extractor (everything but the head): what finetuning freezes."""
         return self.network.nat
+
+    @property
+    def backbone_config(self) -> NatConfig:
+        return self.network.config
+
+    def preprocessor_config(self, checkpoint: dict) -> dict:
+        return preprocessor_config(checkpoint)
+
+    def export_image_size(self, checkpoint: dict) -> int:
+        return data_settings(checkpoint)[0]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.network(pixel_values).logits

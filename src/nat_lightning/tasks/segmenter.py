@@ -26,7 +26,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from ..models import NatConfig, NatForSemanticSegmentation
-from .base import NatTask, meta_training_flops
+from ..processor_config import segmentation_preprocessor_config
+from .base import ModelCard, NatTask, meta_training_flops
 from .inference import slide_logits, tta_scores
 from .network import pretrained_preprocessing
 from .optim import param_groups, warmup_poly
@@ -38,6 +39,19 @@ SCRATCH_LR = 1e-3  # the default without pretrained weights (the embedded shapes
 
 
 class NatSegmenter(NatTask):
+    monitor = "val/miou"
+    checkpoint_filename = "epoch{epoch:03d}-miou{val/miou:.4f}"
+    data_class = "nat_lightning.HFSegmentationDataModule"
+    writer_class = "nat_lightning.callbacks.mask_writer.MaskWriter"
+    card = ModelCard(
+        embedded="the embedded shapes",
+        tags="image-segmentation, semantic-segmentation, upernet",
+        pipeline="image-segmentation",
+        title="UPerNet + {kind} semantic segmentation",
+        ours="NatForSemanticSegmentation",
+        theirs="UperNetForSemanticSegmentation",
+    )
+
     PREPROCESSING_KEYS = ("mean", "std")  # HFSegmentationDataModule's
     HEAD_WEIGHT = "network.decode_head.classifier.weight"
 
@@ -192,6 +206,16 @@ class NatSegmenter(NatTask):
     def backbone(self) -> torch.nn.Module:
         """The feature extractor: what finetuning freezes."""
         return self.network.backbone
+
+    @property
+    def backbone_config(self):
+        return self.network.config.backbone
+
+    def preprocessor_config(self, checkpoint: dict) -> dict:
+        return segmentation_preprocessor_config(self, checkpoint)
+
+    def export_image_size(self, checkpoint: dict) -> int:
+        return self.preprocessor_config(checkpoint)["size"]["shortest_edge"]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Whole-image logits (B, num_classes, H, W)."""
