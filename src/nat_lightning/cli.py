@@ -46,7 +46,7 @@ from .callbacks.checkpoints import (
 )
 from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
-from .models.files import read_lightning_checkpoint
+from .files import read_lightning_checkpoint
 
 DEFAULT_ROOT = "runs/nat"
 # Lightning's DDP launcher re-runs this command line in child processes; they inherit rank 0's

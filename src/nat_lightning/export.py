@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from .models.files import read_lightning_checkpoint
+from .files import read_lightning_checkpoint
 
 
 def load_checkpoint(ckpt_path: str):

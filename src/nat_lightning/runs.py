@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .models.files import read_lightning_checkpoint
+from .files import read_lightning_checkpoint
 
 LAST = "last.ckpt"  # rewritten after every epoch (callbacks.checkpoints.LastCheckpoint)
 ON_EXCEPTION = "on_exception.ckpt"  # written when a fit that has trained stops on an exception

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .models.files import read_lightning_checkpoint
+from .files import read_lightning_checkpoint
 from .tasks.base import NatTask
 
 DEFAULT_TASK = "nat_lightning.NatClassifier"

@@ -10,8 +10,6 @@ continues the first. These two replace them; the CLI also keeps the top-k ModelC
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..files import write_atomically
 from ..runs import LAST, ON_EXCEPTION
 
 
@@ -89,20 +88,8 @@ class ExceptionCheckpoint(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file beside the target, fsync, then ``os.replace``: a
-    reader (or a crash) never sees half a checkpoint, and nothing is staged on another disk."""
+    """``torch.save`` through :func:`nat_lightning.files.write_atomically`: a reader (or a
+    crash) never sees half a checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
-from ..models.files import write_atomically
+from ..files import write_atomically
 from ..runs import shown
 from .prediction_writer import MAX_NAMED, merged
 

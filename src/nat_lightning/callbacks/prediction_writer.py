@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..files import write_atomically
 from ..runs import shown
 
 MAX_NAMED = 10  # undecodable inputs the end-of-run warning names
@@ -156,26 +155,19 @@ def batch_rows(batch: dict) -> list[dict]:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    """The rows as JSON, or as CSV (id, label_1..k, prob_1..k, error), written to a temporary
-    file that then replaces ``path``: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        with os.fdopen(fd, "w", newline="") as f:
+    """The rows as JSON, or as CSV (id, label_1..k, prob_1..k, error), written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
             if path.suffix == ".json":
                 json.dump(rows, f, indent=1)
-            else:
-                writer = csv.writer(f)
-                k = max((len(r["labels"]) for r in rows), default=0)
-                labels = [f"label_{i + 1}" for i in range(k)]
-                writer.writerow(["id", *labels, *[f"prob_{i + 1}" for i in range(k)], "error"])
-                for r in rows:
-                    blank = [""] * (k - len(r["labels"]))
-                    writer.writerow(
-                        [r["id"], *r["labels"], *blank, *r["probs"], *blank, r["error"]]
-                    )
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+                return
+            writer = csv.writer(f)
+            k = max((len(r["labels"]) for r in rows), default=0)
+            labels = [f"label_{i + 1}" for i in range(k)]
+            writer.writerow(["id", *labels, *[f"prob_{i + 1}" for i in range(k)], "error"])
+            for r in rows:
+                blank = [""] * (k - len(r["labels"]))
+                writer.writerow([r["id"], *r["labels"], *blank, *r["probs"], *blank, r["error"]])
+
+    write_atomically(path, write)

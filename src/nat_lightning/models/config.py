@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..ops import BACKENDS
-from .files import write_atomically
+from ..files import write_atomically
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 # transformers' DinatConfig default, used when a "dinat" config.json omits dilations

@@ -22,7 +22,7 @@ import torch
 
 from .checkpoints import to_canonical, to_transformers
 from .config import NatConfig
-from .files import read_state_dict, write_atomically
+from ..files import read_state_dict, write_atomically
 from .hub import WEIGHT_FILES, resolve_pretrained
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from ..models import NatConfig, NatForImageClassification
-from ..models.files import read_lightning_checkpoint as read_ckpt_file
+from ..files import read_lightning_checkpoint as read_ckpt_file
 from ..models.hub import resolve_pretrained
 
 log = logging.getLogger(__name__)

@@ -81,11 +81,13 @@ def _read_checkpoint(path: str, mtime_ns: int, size: int) -> dict:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then move it onto ``path``.
-
-    Readers see the old file or the complete new one, never a partial write.
+    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, fsync it, then move it onto
+    ``path`` (mode 0644). Every file the project writes goes through here: checkpoints, weights,
+    configs, predictions and masks. Readers see the old file or the complete new one, never a
+    partial write, and nothing is staged on another disk.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nat_lightning.models.files import read_state_dict, write_atomically
+from nat_lightning.files import read_state_dict, write_atomically
 
 
 def test_nested_and_ddp_state_dicts_are_unwrapped(tmp_path):
