@@ -27,6 +27,8 @@ IGNORE = 255  # mask value of pixels without a class: padding, reduce_labels' 0,
 IMAGE_NAMES = ("image", "pixel_values")
 MASK_NAMES = ("annotation", "label", "mask", "segmentation_mask", "semantic_map")
 ID_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I;16N", "I")  # pixel values are ids
+MAX_IDS_LISTED = 8  # offending ids an error lists
+LOSSY_FORMATS = ("JPEG", "MPO")  # PIL's names of formats whose compression changes pixel values
 
 
 @dataclass(frozen=True)
@@ -144,22 +146,83 @@ class MaskModeError(ValueError):
 def decode_mask(value: Any, color_map: dict[int, int] | None, where: str) -> np.ndarray | None:
     """Stored bytes or a path as an (H, W) array of class ids (uint8, or uint16 for 16-bit
     masks); None when it cannot be decoded. ``where`` names the mask in a MaskModeError."""
-    read = decoded(value, lambda image: (image.mode, as_ids_or_rgb(image)))
+    read = read_mask(value, color_map, where)
+    return None if read is None else read[0]
+
+
+def read_mask(
+    value: Any, color_map: dict[int, int] | None, where: str
+) -> tuple[np.ndarray, str | None] | None:
+    """As ``decode_mask``, with the file's format (PIL's name: "PNG", "JPEG", ...)."""
+    read = decoded(value, lambda image: (image.mode, image.format, as_ids_or_rgb(image)))
     if read is None:
         return None
-    mode, pixels = read
+    mode, file_format, pixels = read
     if mode not in ID_MODES:
         if color_map is None:
             raise MaskModeError(
                 f"mask {where} is a {mode} image: its pixels are colours, not class ids; expected "
                 "a palette (P) or grayscale (L) mask, or pass color_map= ({'#rrggbb': id, ...})"
             )
-        return ids_of_colours(pixels, color_map)
+        return ids_of_colours(pixels, color_map), file_format
     if pixels.dtype == bool:
-        return pixels.astype(np.uint8)
+        return pixels.astype(np.uint8), file_format
     if pixels.max(initial=0) > 65535 or pixels.min(initial=0) < 0:
         raise MaskModeError(f"mask {where} holds ids outside 0..65535 (mode {mode})")
-    return pixels.astype(np.uint8 if pixels.max(initial=0) <= 255 else np.uint16)
+    return pixels.astype(np.uint8 if pixels.max(initial=0) <= 255 else np.uint16), file_format
+
+
+class MaskLabelError(ValueError):
+    """A mask holding ids that are neither a class nor IGNORE: the loss cannot take them."""
+
+
+def foreign_ids(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """The ids of ``mask`` that are neither a class (0..num_classes-1) nor IGNORE, sorted."""
+    if mask.max(initial=0) < num_classes:  # the common case: one pass, no sort
+        return mask[:0]
+    return np.unique(mask[(mask >= num_classes) & (mask != IGNORE)])
+
+
+def label_error(
+    where: str, found: np.ndarray, num_classes: int, lossy: bool, reduced: bool, mapped: bool
+) -> MaskLabelError:
+    """The error of a mask (``where``) holding the ids ``found``: they, the classes and the
+    likely fixes; a ``lossy`` (JPEG) mask's first, as its compression invents ids."""
+    listed = ", ".join(str(int(i)) for i in found[:MAX_IDS_LISTED])
+    more = f", ... ({len(found)} ids)" if len(found) > MAX_IDS_LISTED else ""
+    largest = int(found[-1])
+    lossless = "masks must be lossless PNGs"
+    fixes = []
+    if lossy:
+        fixes.append(
+            f"the mask is a JPEG, whose lossy compression invents ids where classes meet: "
+            f"{lossless} (save the original ids as .png)"
+        )
+    count = "count every class the masks hold with unnamed_classes= or labels_file="
+    if largest < IGNORE:
+        count += f" (ids up to {largest} need unnamed_classes={largest + 1})"
+    else:
+        count += f" (at most {IGNORE}: ids 0..{IGNORE - 1}; {IGNORE} is ignored)"
+    fixes.append(count)
+    if not reduced:
+        fixes.append("reduce_labels=True if id 0 means 'other' and the classes start at 1")
+    fixes.append("a color_map whose ids are classes" if mapped else "color_map= for colour masks")
+    if not lossy:
+        fixes.append(f"{lossless} (JPEG compression invents ids)")
+    after = " (after reduce_labels)" if reduced else " (after color_map)" if mapped else ""
+    return MaskLabelError(
+        f"mask {where} holds ids [{listed}{more}]{after} that are neither one of the "
+        f"{num_classes} classes (0..{num_classes - 1}) nor {IGNORE} (ignored); likely fixes: "
+        + "; ".join(fixes)
+    )
+
+
+def mask_colours(value: Any, limit: int = MAX_IDS_LISTED) -> list[str]:
+    """Up to ``limit`` colours of a stored mask as '#rrggbb', for an error about a color_map."""
+    rgb = decoded(value, lambda image: np.asarray(image.convert("RGB")).reshape(-1, 3))
+    if rgb is None:
+        return []
+    return ["#{:02x}{:02x}{:02x}".format(*c) for c in np.unique(rgb, axis=0)[:limit].tolist()]
 
 
 def as_ids_or_rgb(image: PILImage.Image) -> np.ndarray:

@@ -2,21 +2,33 @@
 
 A pair whose image or mask cannot be decoded becomes an ``Undecodable`` (counted and named like
 an undecodable classification image, see nat_lightning.data.images); a mask that decodes but
-cannot be read as class ids (an RGB mask without color_map) or, with
-``mask_size_mismatch="error"``, does not fit its image stops with a ValueError naming it.
+cannot be read as class ids (an RGB mask without color_map), holds an id that is neither a class
+nor IGNORE (MaskLabelError) or, with ``mask_size_mismatch="error"``, does not fit its image stops
+with a ValueError naming it: its file, else its row.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import albumentations as A
 import numpy as np
 import torch
+from datasets import Dataset
 
 from .images import Undecodable, bookkeeping, decode_image, padding_pixels, stored_path
-from .masks import IGNORE, MaskColumns, decode_mask, fit_mask, reduce_labels
+from .masks import (
+    IGNORE,
+    LOSSY_FORMATS,
+    MaskColumns,
+    fit_mask,
+    foreign_ids,
+    label_error,
+    read_mask,
+    reduce_labels,
+)
 from .transforms import reseed
 
 
@@ -29,6 +41,11 @@ class PairDecoder:
     ``pipeline`` (the resize), notes the content size, then ``finish`` (pad and normalise). A row
     without a mask (unlabelled data) gets labels of IGNORE only. A plain picklable object, so
     DataLoader workers receive it.
+
+    ``check``: refuse masks holding ids that are neither a class of ``columns.names`` nor IGNORE
+    (the loss cannot take them; predict, which ignores the labels, need not). ``rows``: what a
+    row index counts in, e.g. ``split 'train'``, for errors about masks without a file; None
+    where rows are no dataset's (an images/ + masks/ folder: its files name them).
     """
 
     def __init__(
@@ -40,6 +57,8 @@ class PairDecoder:
         reduce: bool = False,
         color_map: dict[int, int] | None = None,
         mismatch: str = "resize",
+        check: bool = False,
+        rows: str | None = None,
     ):
         self.columns = columns
         self.pipeline = pipeline
@@ -47,6 +66,9 @@ class PairDecoder:
         self.reduce = reduce
         self.color_map = color_map
         self.mismatch = mismatch
+        self.check = check
+        self.rows = rows
+        self.warned_lossy = False  # per process: each DataLoader worker has its own copy
 
     def __call__(
         self, row: Mapping[str, Any], example_id: Any = None, index: int | None = None
@@ -58,7 +80,7 @@ class PairDecoder:
         image = decode_image(image_value)
         if image is None:
             return Undecodable(example_id, stored_path(image_value) or row_name)
-        mask = self.mask(image, image_value, mask_value, row_name)
+        mask = self.mask(image.shape[:2], image_value, mask_value, index)
         if mask is None:
             return Undecodable(example_id, stored_path(mask_value) or row_name)
         if self.finish is None:
@@ -79,27 +101,84 @@ class PairDecoder:
         return example
 
     def mask(
-        self, image: np.ndarray, image_value: Any, mask_value: Any, row_name: str | None
+        self, shape: tuple[int, int], image_value: Any, mask_value: Any, index: int | None
     ) -> np.ndarray | None:
-        """The pair's (H, W) ids at the image's size; None when the mask cannot be decoded."""
-        shape = image.shape[:2]
+        """The pair's (H, W) ids at the image's ``shape``; None when the mask cannot be
+        decoded."""
         if mask_value is None:
             return np.full(shape, IGNORE, dtype=np.uint8)
-        where = pair_name(self.columns.mask, row_name, image_value, mask_value)
-        mask = decode_mask(mask_value, self.color_map, where)
-        if mask is None:
+        where = self.name(image_value, mask_value, index)
+        mask = self.labels(mask_value, where)
+        return None if mask is None else fit_mask(mask, shape, self.mismatch, where)
+
+    def labels(self, mask_value: Any, where: str) -> np.ndarray | None:
+        """The stored mask as class ids (reduced, mapped and checked); None when it cannot be
+        decoded. ``where`` names it in errors."""
+        read = read_mask(mask_value, self.color_map, where)
+        if read is None:
             return None
+        mask, file_format = read
         if self.reduce:
             mask = reduce_labels(mask)
-        return fit_mask(mask, shape, self.mismatch, where)
+        if self.check:
+            self.check_ids(mask, where, file_format in LOSSY_FORMATS)
+        return mask
+
+    def check_ids(self, mask: np.ndarray, where: str, lossy: bool) -> None:
+        """A MaskLabelError for ids that are no class; the first lossy (JPEG) mask whose ids are
+        classes gets a warning, once per decoder and process: its compression may have turned
+        an edge between two classes into a third."""
+        found = foreign_ids(mask, len(self.columns.names))
+        if len(found):
+            mapped = self.color_map is not None
+            n = len(self.columns.names)
+            raise label_error(where, found, n, lossy, self.reduce, mapped)
+        if lossy and not self.warned_lossy:
+            self.warned_lossy = True
+            warnings.warn(
+                f"mask {where} is a JPEG: its lossy compression changes ids where classes meet "
+                "(an edge between ids 0 and 4 reads 1..3); masks must be lossless PNGs",
+                stacklevel=2,
+            )
+
+    def name(self, image_value: Any, mask_value: Any, index: int | None) -> str:
+        """How errors name a mask: its file; else its column and its image's file; else its
+        column and row. The row only where it is a row of the dataset (``rows``)."""
+        row = None
+        if index is not None:
+            row = f"row {index} of {self.rows}" if self.rows else f"row {index}"
+        if mask_file := stored_path(mask_value):
+            return f"file {mask_file!r}" + (f" ({row})" if self.rows and row else "")
+        column = repr(self.columns.mask)
+        if image_file := stored_path(image_value):
+            return f"{column} of the image file {image_file!r}"
+        return f"{column} of {row or 'a streamed row'}"
 
 
-def pair_name(column: str, row_name: str | None, image_value: Any, mask_value: Any) -> str:
-    """How errors name a pair: the mask column, the row and the files where known."""
-    files = [f"{kind} {path!r}" for kind, path in (("image", stored_path(image_value)),
-             ("mask", stored_path(mask_value))) if path]  # fmt: skip
-    where = ", ".join([row_name or "a streamed row", *files])
-    return f"{column!r} of {where}"
+def scanned_rows(size: int, limit: int) -> list[int]:
+    """Every row of a split of up to ``limit`` rows, else ``limit`` rows evenly spaced over it
+    (first and last included), so that a split sorted by scene or class is sampled across."""
+    if size <= limit:
+        return list(range(size))
+    return sorted({round(k * (size - 1) / (limit - 1)) for k in range(limit)})
+
+
+def count_labelled(rows: Dataset, decoder: PairDecoder, indices: list[int]) -> tuple[int, int]:
+    """(masks decoded, their labelled pixels) of ``rows[indices]`` as ``decoder`` reads them:
+    reduced, mapped and checked (raising what it raises). Masks that cannot be decoded, or that
+    a row lacks, are not counted (the loaders count the former)."""
+    image, mask = decoder.columns.image, decoder.columns.mask
+    kept = [c for c in (image, mask) if c in rows.column_names]
+    read = labelled = 0
+    for index, row in zip(indices, rows.select_columns(kept).select(indices)):
+        value = row.get(mask)
+        if value is None:
+            continue
+        ids = decoder.labels(value, decoder.name(row.get(image), value, index))
+        if ids is not None:
+            read += 1
+            labelled += int(np.count_nonzero(ids != IGNORE))
+    return read, labelled
 
 
 class PairCollate:

@@ -7,6 +7,12 @@ image's original (h, w), and its (h, w) once resized, before padding, at the bat
 (crop ``[:h, :w]`` of a prediction, then resize it to ``sizes``). Predict batches add ``"ids"``
 and ``"decoded"`` as the classification ones do. Pairs whose image or mask cannot be decoded are
 dropped, counted and named per stage (``tallies``, see SkippedImagesReport).
+
+Labels are checked where masks are read: an id that is neither a class nor 255 stops the run
+naming the mask (MaskLabelError), and ``setup`` reads up to SCANNED_MASKS masks of each
+split it prepares, so that such ids, and a split with no labelled pixel at all (a wrong
+reduce_labels or color_map), fail there and not mid-run. Hub streams are not read ahead:
+NatSegmenter stops at the end of an evaluation epoch that saw no labelled pixel.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ from .masks import (
     MaskColumns,
     class_names,
     find_column,
+    mask_colours,
     parse_color_map,
 )
-from .pairs import PairCollate, PairDecoder
+from .pairs import PairCollate, PairDecoder, count_labelled, scanned_rows
 from .shapes import SHAPES_DATASET
-from .sources import Splits, is_folder_pair, load_folder_pairs
+from .sources import Split, Splits, describe, is_folder_pair, load_folder_pairs
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
+SCANNED_MASKS = 64  # masks of a split setup reads, evenly spaced: about 0.1 s at 512 px
+ROLE_NAMES = {"train": "training", "val": "validation", "test": "test"}
 SEGMENTATION_RANGES = {  # argument -> (is it valid, what is expected)
     **RANGES,
     "crop_size": (lambda v: v >= 1, ">= 1"),
@@ -162,6 +171,7 @@ class HFSegmentationDataModule(HFDataModule):
         self.save_hyperparameters(ignore=["dataset"])
         self._start(dataset, SHAPES_DATASET, {"mean": mean, "std": std})
         self._color_map = parse_color_map(color_map)
+        self._checked: set[str] = set()  # roles whose split setup has read
 
     # -- what the data is: resolved lazily, without decoding images ----------------------------
 
@@ -209,6 +219,8 @@ class HFSegmentationDataModule(HFDataModule):
             "reduce": hp.reduce_labels,
             "color_map": self._color_map,
             "mismatch": hp.mask_size_mismatch,
+            "check": role != "predict",  # predict ignores the labels
+            "rows": None if columns is not None else self._rows(role),
         }
         columns = columns or self.columns
         if role != "train":
@@ -226,9 +238,67 @@ class HFSegmentationDataModule(HFDataModule):
         )
         return PairDecoder(columns, pipeline, **options)
 
+    def _rows(self, role: str) -> str | None:
+        """What the role's row indices count in, for errors: the split, where its rows are the
+        dataset's; None for an images/ + masks/ folder (its files name its rows)."""
+        if is_folder_pair(self.dataset) or role not in self.splits:
+            return None
+        name = self.splits[role].name
+        val_split = self.hparams.val_split
+        held_out = role in ("train", "val") and val_split is not None
+        held_out = held_out and val_split not in self.all_splits  # carve_validation's rows
+        return repr(name) if held_out else f"split {name!r}"
+
     def _unlabelled_decoder(self) -> PairDecoder:
         return self._decoder("predict", MaskColumns("image", None, ()))
 
     def _collate(self, role: str) -> PairCollate:
         train = role == "train"
         return PairCollate(self.crop_size if train else self.eval_size, evaluation=not train)
+
+    # -- the labels, checked once per split at setup -----------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """As HFDataModule's, then the labels of the splits the stage uses (see
+        ``_check_labels``)."""
+        super().setup(stage)
+        roles = {"validate": ("val",), "test": ("test",), "predict": ()}.get(
+            stage, ("train", "val")
+        )
+        for role in roles:
+            if role in self.splits and role not in self._checked:
+                self._check_labels(role)
+                self._checked.add(role)
+
+    def _check_labels(self, role: str) -> None:
+        """Read up to SCANNED_MASKS masks of the role's split (all of a small one; evenly spaced
+        ones of a large one, so a huge split adds well under a second): a mask with ids that
+        are no class stops here (MaskLabelError), and so does a split whose masks read have no
+        labelled pixel. A Hub stream is not read ahead (NatSegmenter checks its epochs); local
+        data is Arrow, read at will even when ``streaming``."""
+        split = self.splits[role]
+        if not isinstance(split.data, Dataset):
+            return
+        rows = scanned_rows(len(split.data), SCANNED_MASKS)
+        read, labelled = count_labelled(split.data, self._decoder(role), rows)
+        if read and not labelled:
+            raise ValueError(self._unlabelled_message(role, split, read))
+
+    def _unlabelled_message(self, role: str, split: Split, read: int) -> str:
+        total = len(split.data)
+        masks = f"its {read} masks" if read == total else f"{read} of its {total} masks read"
+        causes = []
+        if self.hparams.reduce_labels:
+            causes.append("reduce_labels=True on masks whose 0 is a class (it makes 0 255)")
+        if self._color_map is not None:
+            found = mask_colours(split.data[0][self.columns.mask])
+            causes.append(
+                "a color_map that matches none of the masks' colours (colours it does not name "
+                f"become 255; the first mask holds {found})"
+            )
+        causes.append("masks that hold only 255 (or a mask_column that is not the masks)")
+        return (
+            f"the {ROLE_NAMES[role]} split {split.name!r} of dataset {describe(self.dataset)} has "
+            f"no labelled pixel: every pixel of {masks} is 255 (ignored), so its loss and mIoU "
+            f"would be NaN; likely causes: {'; '.join(causes)}"
+        )

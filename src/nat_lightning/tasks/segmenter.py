@@ -31,9 +31,11 @@ from .base import ModelCard, NatTask, meta_training_flops
 from .inference import slide_logits, tta_scores
 from .network import pretrained_preprocessing
 from .optim import param_groups, warmup_poly
-from .seg_metrics import IGNORE_INDEX, segmentation_metrics
+from .seg_metrics import IGNORE_INDEX, SUPPORT, segmentation_metrics
 from .seg_network import HEAD_ARGS, build_segmentation_network, with_classes
 
+STAGE_NAMES = {"val": "validation", "test": "test"}
+MAX_NAMED = 30  # absent classes a warning names
 PAPER_LR = 6e-5  # the UPerNet recipes' AdamW LR, for fine-tuning pretrained weights
 SCRATCH_LR = 1e-3  # the default without pretrained weights (the embedded shapes' tiny model)
 
@@ -176,6 +178,7 @@ class NatSegmenter(NatTask):
         self._classes_from_data = num_classes is None and id2label is None
         self._use_network(self.network)
         self._init_task()
+        self._warned_absent: set[str] = set()  # stages whose absent classes were named
 
     def _use_network(self, network: NatForSemanticSegmentation) -> None:
         """Adopt ``network`` and build what depends on its classes; checkpoints carry the
@@ -295,11 +298,39 @@ class NatSegmenter(NatTask):
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
         values = metrics.compute()  # every rank: gathers every rank's counts
+        metrics.reset()
+        if not self._check_support(stage, values.pop(f"{stage}/{SUPPORT}")):
+            return
         # equal on all ranks: "max" is the value, and logging it as synced keeps Lightning quiet
         miou = values.pop(f"{stage}/miou")
         self.log(f"{stage}/miou", miou, prog_bar=stage == "val", sync_dist=True, reduce_fx="max")
         self.log_dict(values, sync_dist=True, reduce_fx="max")
-        metrics.reset()
+
+    def _check_support(self, stage: str, pixels: torch.Tensor) -> bool:
+        """Whether the epoch's metrics mean anything, from its labelled pixels per class (every
+        rank's): none at all is an error (the loss and mIoU would be NaN), except in the sanity
+        check, which reads a few batches and logs nothing. Classes the labels never hold are
+        named in one warning per stage and run (their IoU is NaN, or 0 where predicted)."""
+        name = STAGE_NAMES[stage]
+        if self.trainer.sanity_checking:
+            return bool(pixels.any())
+        if not pixels.any():
+            raise ValueError(
+                f"the {name} epoch read no labelled pixel (every label is {IGNORE_INDEX}, "
+                f"ignored), so {stage}/loss and {stage}/miou are undefined; check the {name} "
+                "data's masks: reduce_labels=True on masks whose 0 is a class, or a color_map "
+                f"that matches none of their colours, makes every pixel {IGNORE_INDEX}"
+            )
+        absent = [self.id2label[i] for i in (pixels == 0).nonzero().flatten().tolist()]
+        if absent and stage not in self._warned_absent:
+            self._warned_absent.add(stage)
+            more = f" and {len(absent) - MAX_NAMED} more" if len(absent) > MAX_NAMED else ""
+            rank_zero_warn(
+                f"{len(absent)} of {self.num_classes} classes never occur in the {name} labels: "
+                f"{absent[:MAX_NAMED]}{more}; their {stage}/iou/<name> is NaN (0 where "
+                f"predicted) and {stage}/miou averages the classes that occur or are predicted"
+            )
+        return True
 
     def predict_step(self, batch, batch_idx):
         """Label maps of every decoded image at its original size, and an error for every input
