@@ -19,7 +19,7 @@ from sklearn.datasets import load_sample_images
 from transformers import AutoImageProcessor
 
 from nat_lightning import NatClassifier
-from nat_lightning.data.digits import quickstart_datamodule
+from nat_lightning.data import quickstart_datamodule
 from nat_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

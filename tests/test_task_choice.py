@@ -58,7 +58,7 @@ def test_a_task_states_what_the_cli_and_export_need():
     without the abstract methods cannot be built."""
     methods = ("backbone", "backbone_config", "_adopt_classes", "_training_loss", "_evaluate",
                "_log_epoch_metrics", "_param_groups", "_lr_scheduler", "_training_flops",
-               "_default_datamodule", "preprocessor_config", "export_image_size")
+               "preprocessor_config", "export_image_size")
     assert NatTask.__abstractmethods__ == set(methods)
     defined = {name: (lambda self, *args: None) for name in methods}
     with pytest.raises(TypeError, match=r"task Incomplete must set the class attributes "

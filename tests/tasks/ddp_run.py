@@ -21,7 +21,7 @@ import yaml
 from lightning.pytorch.strategies import FSDPStrategy
 
 from nat_lightning import NatConfig
-from nat_lightning.data.digits import quickstart_datamodule
+from nat_lightning.data import quickstart_datamodule
 from nat_lightning.tasks import NatClassifier
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
 """Image data: the classification and segmentation DataModules, their transforms, and the
 embedded digits (classification) and shapes (segmentation) datasets."""
 
-from .datamodule import HFImageDataModule
-from .digits import DIGITS_PARQUET, quickstart_datamodule
+from .datamodule import HFImageDataModule, quickstart_datamodule
+from .digits import DIGITS_PARQUET
 from .segmentation import HFSegmentationDataModule
 from .shapes import SHAPES_CLASSES, SHAPES_DATASET, shapes_datamodule
 

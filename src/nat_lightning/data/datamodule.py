@@ -18,7 +18,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image
 
 from .base import PREPROCESSING_RANGES, RANGES, HFDataModule
 from .columns import Columns, resolve_columns
-from .digits import DIGITS_PARQUET
+from .digits import DIGITS_PARQUET, QUICKSTART
 from .folder_structure import empty_class_folders, empty_folders_line
 from .images import Collate, ExampleDecoder
 from .transforms import eval_transform, train_transform
@@ -62,6 +62,12 @@ class HFImageDataModule(HFDataModule):
     """
 
     RANGES: ClassVar[dict] = IMAGE_RANGES
+
+    @classmethod
+    def embedded(cls, **overrides) -> HFImageDataModule:
+        """The embedded 8x8 digits with the quickstart settings, ``overrides`` on top: the data
+        of a task that is given none (NatTask's default data)."""
+        return cls(**{"dataset": None, **QUICKSTART, **overrides})
 
     def __init__(
         self,
@@ -241,3 +247,9 @@ class HFImageDataModule(HFDataModule):
 
     def _eval_transform(self):
         return eval_transform(self.image_size, self.mean, self.std, self.crop_pct)
+
+
+def quickstart_datamodule(**overrides) -> HFImageDataModule:
+    """An HFImageDataModule on the embedded digits with the quickstart settings (digits.QUICKSTART,
+    configs/quickstart.yaml's data section), ``overrides`` on top."""
+    return HFImageDataModule.embedded(**overrides)

@@ -2,7 +2,8 @@
 
 Written once by scripts/make_digits_parquet.py as a Hugging Face parquet (PNG bytes in an Image
 column, a ClassLabel "label" with names "0".."9"), and read through the same ``datasets`` parquet
-loader as any other parquet file.
+loader as any other parquet file. This module describes the asset and imports nothing of the
+package: ``datamodule.quickstart_datamodule`` builds the data module on it.
 """
 
 from __future__ import annotations
@@ -27,11 +28,3 @@ QUICKSTART = {
     "num_workers": 0,
 }
 
-
-def quickstart_datamodule(**overrides):
-    """An HFImageDataModule on the digits with the quickstart settings, ``overrides`` on top."""
-    from .datamodule import (
-        HFImageDataModule,  # the DataModule imports this module for DIGITS_PARQUET
-    )
-
-    return HFImageDataModule(**{"dataset": None, **QUICKSTART, **overrides})

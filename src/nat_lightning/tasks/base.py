@@ -22,6 +22,7 @@ then calls ``_init_task``.
 from __future__ import annotations
 
 import abc
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -262,10 +263,6 @@ class NatTask(L.LightningModule, abc.ABC):
         """FLOPs of one training step on a batch of ``shape``."""
 
     @abc.abstractmethod
-    def _default_datamodule(self):
-        """The embedded data module used when no data is given at all."""
-
-    @abc.abstractmethod
     def preprocessor_config(self, checkpoint: dict) -> dict:
         """transformers' preprocessor_config.json for the data the checkpoint evaluated with."""
 
@@ -280,6 +277,11 @@ class NatTask(L.LightningModule, abc.ABC):
         the module itself for its training data."""
         source = getattr(getattr(self.trainer.fit_loop, "_data_source", None), "instance", self)
         return source is self
+
+    def _default_datamodule(self):
+        """The data module ``data_class`` names, on its embedded dataset (its ``embedded()``)."""
+        module, _, name = self.data_class.rpartition(".")
+        return getattr(importlib.import_module(module), name).embedded()
 
     def _default_data(self):
         if self._fallback_data is None:

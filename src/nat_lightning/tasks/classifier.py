@@ -322,14 +322,6 @@ class NatClassifier(NatTask):
             optimizer, warmup_steps, total_steps, self.hparams.min_lr / self.hparams.lr
         )
 
-    # -- the embedded default data, used only when no data at all is given --------------------
-
-    def _default_datamodule(self):
-        """The embedded digits, when fit gets no data at all."""
-        from ..data.digits import quickstart_datamodule
-
-        return quickstart_datamodule()
-
 
 def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:
     """FLOPs of one forward+backward at ``shape``, counted on the meta device (no compute)."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..models import NatConfig, NatForImageClassification
 from ..files import read_lightning_checkpoint as read_ckpt_file
+from ..models import NatConfig, NatForImageClassification
 from ..models.hub import resolve_pretrained
 
 log = logging.getLogger(__name__)
