@@ -4,7 +4,7 @@ folder carries so that transformers' image processors feed the network as our da
 
 from __future__ import annotations
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from .batch import IMAGENET_MEAN, IMAGENET_STD
 
 
 def data_settings(checkpoint: dict) -> tuple[int, float, list[float], list[float]]:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from ..batch import IGNORE_LABEL
 from .columns import Columns
 from .transforms import reseed
 
 T = TypeVar("T")
-IGNORE_INDEX = -100  # label of examples without one (unlabelled rows, padding): no loss, no metric
 MAX_NAMED = 10  # undecodable examples a tally keeps by name, for reports
 # the background that transparent pixels are composited over, as transformers does
 WHITE = (255, 255, 255)
@@ -120,8 +120,8 @@ class ExampleDecoder:
     """A dataset row -> ``{"pixel_values": (3, H, W) float32, "labels": int[, "ids"]}``, or an
     ``Undecodable`` when its image cannot be decoded.
 
-    Labels: a ClassLabel id as stored (its ``-1``, "no label", becomes IGNORE_INDEX); a string or
-    integer through ``columns.label_ids``; IGNORE_INDEX for unlabelled data. A plain picklable
+    Labels: a ClassLabel id as stored (its ``-1``, "no label", becomes IGNORE_LABEL); a string or
+    integer through ``columns.label_ids``; IGNORE_LABEL for unlabelled data. A plain picklable
     object, so DataLoader workers receive it.
     """
 
@@ -132,11 +132,11 @@ class ExampleDecoder:
 
     def label(self, row: Mapping[str, Any]) -> int:
         if self.columns.label is None:
-            return IGNORE_INDEX
+            return IGNORE_LABEL
         value = row.get(self.columns.label)  # a test split may lack the column
         if self.columns.label_ids is not None:
-            return self.columns.label_ids.get(value, IGNORE_INDEX)
-        return IGNORE_INDEX if value is None or value < 0 else int(value)
+            return self.columns.label_ids.get(value, IGNORE_LABEL)
+        return IGNORE_LABEL if value is None or value < 0 else int(value)
 
     def __call__(
         self, row: Mapping[str, Any], example_id: Any = None, index: int | None = None
@@ -183,9 +183,9 @@ class Collate:
 
     def padding(self, last: dict | None, batch_size: int) -> dict[str, Any]:
         """A batch that counts no example: ``last``'s pixels (zeros of ``batch_size`` images when
-        None), every label IGNORE_INDEX."""
+        None), every label IGNORE_LABEL."""
         pixels = padding_pixels(last, batch_size, self.image_size)
-        labels = torch.full((len(pixels),), IGNORE_INDEX, dtype=torch.int64)
+        labels = torch.full((len(pixels),), IGNORE_LABEL, dtype=torch.int64)
         return {"pixel_values": pixels, "labels": labels, **bookkeeping([])}
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..batch import IMAGENET_MEAN, IMAGENET_STD
+
 MAX_MAGNITUDE = 10.0  # RandAugment's magnitude scale, as in the paper and timm
 # what HFImageDataModule falls back to when no argument, preprocessor_config or LightningModule
 # sets a value: timm's ImageNet evaluation

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batch import IGNORE_LABEL
 from ..ops import BACKENDS, na2d, na2d_qkv
 from ..ops.windows import window_index
 from .config import NatConfig
@@ -485,7 +486,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
                 f"{tuple(logits.shape)}, got labels.shape={tuple(labels.shape)}"
             )
         return torch.sum(-labels * logits.log_softmax(-1), dim=-1).mean()
-    return F.cross_entropy(logits, labels.view(-1), ignore_index=-100)
+    return F.cross_entropy(logits, labels.view(-1), ignore_index=IGNORE_LABEL)
 
 
 class NatBackbone(NatPreTrainedModel):

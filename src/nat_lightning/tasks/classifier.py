@@ -27,6 +27,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from ..batch import IGNORE_LABEL
 from ..models import NatConfig, NatForImageClassification
 from ..processor_config import data_settings, preprocessor_config
 from .base import ModelCard, NatTask, meta_training_flops
@@ -36,7 +37,6 @@ from .optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # labels of padding examples (e.g. streaming DDP); no loss, no metrics
 PER_CLASS_LIMIT = 100  # per-class accuracy is logged by default up to this many classes
 
 
@@ -164,7 +164,7 @@ class NatClassifier(NatTask):
             self.num_classes,
             top_k=1,
             average="micro",
-            ignore_index=IGNORE_INDEX,
+            ignore_index=IGNORE_LABEL,
             sync_on_compute=False,
         )
         self.train_metrics = torch.nn.ModuleDict({"acc1": train_acc1})
@@ -174,17 +174,17 @@ class NatClassifier(NatTask):
         n = self.num_classes
         metrics = {
             "loss": MeanMetric(),
-            "acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_INDEX),
+            "acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_LABEL),
         }
         if n >= 5:
             metrics["acc5"] = MulticlassAccuracy(
-                n, top_k=5, average="micro", ignore_index=IGNORE_INDEX
+                n, top_k=5, average="micro", ignore_index=IGNORE_LABEL
             )
         per_class = self.hparams.log_per_class
         if per_class or (per_class is None and n <= PER_CLASS_LIMIT):
             labels = [self.id2label.get(i, str(i)) for i in range(n)]
             metrics["per_class"] = ClasswiseWrapper(
-                MulticlassAccuracy(n, average=None, ignore_index=IGNORE_INDEX),
+                MulticlassAccuracy(n, average=None, ignore_index=IGNORE_LABEL),
                 labels=labels,
                 prefix="acc_class/",
             )
@@ -227,11 +227,11 @@ class NatClassifier(NatTask):
 
     def _training_loss(self, batch):
         images, labels = batch["pixel_values"], batch["labels"]
-        if self.mixup.active:  # padding rows (IGNORE_INDEX) have all-zero targets: no loss
+        if self.mixup.active:  # padding rows (IGNORE_LABEL) have all-zero targets: no loss
             images, targets = self.mixup(images, labels)
             logits = self(images)
             per_image = torch.sum(-targets * logits.float().log_softmax(-1), dim=-1)
-            loss = per_image.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
+            loss = per_image.sum() / (labels != IGNORE_LABEL).sum().clamp(min=1)
         else:
             logits = self(images)
             loss = self._cross_entropy(logits, labels, self.hparams.label_smoothing)
@@ -254,7 +254,7 @@ class NatClassifier(NatTask):
             logits = self(batch["pixel_values"])
         else:
             logits = torch.zeros(0, self.num_classes, device=labels.device)
-        labelled = (labels != IGNORE_INDEX).sum()
+        labelled = (labels != IGNORE_LABEL).sum()
         metrics = getattr(self, f"{stage}_metrics")
         # the loss is a mean over labelled examples of all ranks, weighted exactly (a mean of the
         # ranks' means is not, with uneven ranks or padding rows)
@@ -287,10 +287,10 @@ class NatClassifier(NatTask):
             logits.float(),
             labels,
             label_smoothing=label_smoothing,
-            ignore_index=IGNORE_INDEX,
+            ignore_index=IGNORE_LABEL,
             reduction="sum",
         )
-        return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+        return total / (labels != IGNORE_LABEL).sum().clamp(min=1)
 
     def predict_step(self, batch, batch_idx):
         """Top-k class ids, label names and probabilities of every decoded image, and an error
