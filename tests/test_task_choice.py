@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nat_lightning import NatClassifier, NatSegmenter
-from nat_lightning.task_choice import chosen_classes, import_class, known_tasks, task_of
+from nat_lightning.task_choice import chosen_classes, import_class, init_arguments, known_tasks, task_of
 from nat_lightning.tasks.base import NatTask
 
 CLASSIFY = ("nat_lightning.NatClassifier", None)
@@ -56,7 +56,8 @@ def test_tasks_bring_their_data_and_metric():
 def test_a_task_states_what_the_cli_and_export_need():
     """The contract is code: a task without its class attributes cannot be defined, and one
     without the abstract methods cannot be built."""
-    methods = ("backbone", "backbone_config", "_adopt_classes", "_training_loss", "_evaluate",
+    methods = ("backbone", "backbone_config", "_build_network", "_use_network", "_adopt_classes",
+               "_training_loss", "_evaluate",
                "_log_epoch_metrics", "_param_groups", "_lr_scheduler", "_training_flops",
                "preprocessor_config", "export_image_size")
     assert NatTask.__abstractmethods__ == set(methods)
@@ -66,3 +67,19 @@ def test_a_task_states_what_the_cli_and_export_need():
         type("Incomplete", (NatTask,), defined)
     with pytest.raises(TypeError, match="Can't instantiate abstract class Half"):
         type("Half", (NatTask,), {})()
+
+
+@pytest.mark.parametrize("task", [NatClassifier, NatSegmenter])
+def test_a_task_declares_only_its_own_arguments_and_takes_the_shared_ones(task):
+    """NatTask declares what every task takes; a task's own __init__ lists only its own arguments
+    and those whose defaults differ, and passes the rest on (jsonargparse follows **kwargs)."""
+    import inspect
+
+    shared = [n for n in inspect.signature(NatTask.__init__).parameters if n != "self"]
+    own = [n for n in inspect.signature(task.__init__).parameters if n not in ("self", "kwargs")]
+    differing = {NatClassifier: set(), NatSegmenter: {"lr", "weight_decay", "min_lr"}}[task]
+    assert set(own) & set(shared) == differing
+    assert len(shared) == 19 and len(own) <= {NatClassifier: 7, NatSegmenter: 19}[task]
+    hparams = task(lr=0.5).hparams  # an argument of the base, given to the task
+    assert set(shared) | set(own) == set(hparams) and hparams.lr == 0.5
+    assert init_arguments(task) == own + [n for n in shared if n not in own]

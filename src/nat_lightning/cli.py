@@ -15,7 +15,6 @@ still win, so a checkpoint evaluates on its own and any part can be overridden.
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import sys
@@ -87,7 +86,7 @@ def checkpoint_defaults(checkpoint: dict, model_class: str, data_class: str | No
         class_path = class_path or saved.get("_class_path")
         if class_path is None:
             continue
-        accepted = inspect.signature(task_choice.import_class(class_path)).parameters
+        accepted = task_choice.init_arguments(task_choice.import_class(class_path))
         init_args = {k: v for k, v in saved.items() if k in accepted}
         if isinstance(init_args.get("dataset"), str) and init_args["dataset"].startswith("<in-memory"):
             del init_args["dataset"]  # an in-memory dataset is recorded by its description only

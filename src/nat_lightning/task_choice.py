@@ -56,6 +56,21 @@ def known_tasks() -> list[type[NatTask]]:
     return found
 
 
+def init_arguments(cls: type) -> list[str]:
+    """The names ``cls(...)`` accepts: its ``__init__``'s and, where that passes ``**kwargs`` on,
+    its bases' (as jsonargparse follows them), in that order."""
+    names = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return [n for i, n in enumerate(names) if n != "self" and n not in names[:i]]
+
+
 def class_path(cls: type) -> str:
     """``nat_lightning.NatClassifier`` for the package's own tasks, else module.name."""
     import nat_lightning
@@ -136,6 +151,6 @@ def recorded_class(checkpoint: dict) -> str | None:
         return hparams["_class_path"]
     saved = set(hparams) - {"_instantiator"}
     for task in known_tasks():
-        if saved <= set(inspect.signature(task).parameters):
+        if saved <= set(init_arguments(task)):
             return class_path(task)
     return None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -35,6 +35,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ..callbacks.finetuning import BackboneFreeze
 from ..callbacks.rng_state import RNGState
 from ..callbacks.skipped_images import SkippedImagesReport
+from ..models import NatConfig
+from .network import pretrained_preprocessing
 from .optim import schedule_length
 
 
@@ -69,10 +71,76 @@ class NatTask(L.LightningModule, abc.ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # (ABCMeta computes __abstractmethods__ only after this hook: look at the methods)
-        abstract = any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls))
+        abstract = any(
+            getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls)
+        )
         missing = [name for name in cls._DECLARED if not hasattr(cls, name)]
         if missing and not abstract:
             raise TypeError(f"task {cls.__name__} must set the class attributes {missing}")
+
+    def __init__(
+        self,
+        model: str | NatConfig | dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        num_classes: int | None = None,
+        id2label: dict[int, str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        attention_backend: str = "auto",
+        drop_path_rate: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        layer_decay: float | None = None,
+        warmup_epochs: float = 1.0,
+        warmup_steps: int | None = None,
+        min_lr: float = 1e-6,
+        rescale_schedule: bool = False,
+        finetune: Literal["full", "linear_probe", "freeze_backbone"] = "full",
+        unfreeze_at_epoch: int = 1,
+        ema_decay: float | None = None,
+        compile: bool = False,
+    ):
+        """Args:
+        model: the network (the backbone of a dense task): a variant name (``nat_mini``,
+            ``dinat_tiny``, ...), a NatConfig, or its dict. None: the pretrained checkpoint's,
+            else the task's small default for its embedded data. Beside ``pretrained`` a variant
+            name must match the checkpoint's architecture.
+        pretrained: a transformers-layout folder or Hub id (e.g. shi-labs/nat-mini-in1k-224), an
+            original SHI-Labs ``.pth`` read with ``model`` as its config, or one of our ``.ckpt``
+            files (its network only: a new run, unlike ``--ckpt_path``). A dense task also takes
+            a classification checkpoint of any of these kinds, for its backbone alone.
+        num_classes: classes of the head; None: the datamodule's (a new head where the
+            checkpoint's differs), or the checkpoint's head without a datamodule.
+        id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
+        preprocessing: the data settings (e.g. ``image_size``, ``crop_pct``, ``mean``, ``std``)
+            that the datamodule uses where it sets none itself; None: the pretrained folder's
+            preprocessor_config.json. Fit records the data's values here, so a checkpoint
+            evaluates with them.
+        attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
+            nat_lightning.ops).
+        drop_path_rate: stochastic depth rate; None keeps the model config's.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
+        betas: AdamW betas.
+        layer_decay: layer-wise LR decay factor (e.g. 0.75 for fine-tuning); None disables it.
+        warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
+        warmup_steps: warmup length in optimizer steps; replaces warmup_epochs when given.
+        min_lr: learning rate at the end of the schedule.
+        rescale_schedule: on resume, size the schedule for this fit's length instead of the one
+            the checkpoint's run was sized for (a longer run otherwise stays at min_lr).
+        finetune: ``full``; ``linear_probe`` (backbone frozen); ``freeze_backbone`` until
+            ``unfreeze_at_epoch``.
+        unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
+        ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
+        compile: ``torch.compile`` the network.
+        """
+        super().__init__()
+        self.save_hyperparameters()  # this frame's arguments and the subclass's (its **kwargs)
+        self.network = self._build_network()
+        self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
+        self._classes_from_data = num_classes is None and id2label is None
+        self._use_network(self.network)
+        self._init_task()
 
     def _init_task(self) -> None:
         self._fallback_data = None
@@ -223,6 +291,15 @@ class NatTask(L.LightningModule, abc.ABC):
         self.network.save_pretrained(directory)
 
     # -- what a task must define ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _build_network(self) -> torch.nn.Module:
+        """The network from ``self.hparams`` (model, pretrained, classes, the task's own)."""
+
+    @abc.abstractmethod
+    def _use_network(self, network: torch.nn.Module) -> None:
+        """Adopt ``network``: set ``id2label``/``num_classes``, record its resolved config in the
+        hyperparameters, and build what depends on its classes (metrics, mixing)."""
 
     @property
     @abc.abstractmethod

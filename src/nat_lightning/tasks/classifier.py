@@ -19,7 +19,6 @@ epoch's end, is each rank's own (``sync_on_compute=False``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from ..models import NatConfig, NatForImageClassification
 from ..processor_config import data_settings, preprocessor_config
 from .base import ModelCard, NatTask, meta_training_flops
 from .mixup import MixupCutmix
-from .network import build_network, pretrained_preprocessing, with_classes
+from .network import build_network, with_classes
 from .optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -56,84 +55,50 @@ class NatClassifier(NatTask):
 
     def __init__(
         self,
-        model: str | NatConfig | dict[str, Any] | None = None,
-        pretrained: str | None = None,
-        num_classes: int | None = None,
-        id2label: dict[int, str] | None = None,
-        preprocessing: dict[str, Any] | None = None,
-        attention_backend: str = "auto",
-        drop_path_rate: float | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        layer_decay: float | None = None,
-        warmup_epochs: float = 1.0,
-        warmup_steps: int | None = None,
-        min_lr: float = 1e-6,
-        rescale_schedule: bool = False,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
-        finetune: Literal["full", "linear_probe", "freeze_backbone"] = "full",
-        unfreeze_at_epoch: int = 1,
-        ema_decay: float | None = None,
-        compile: bool = False,
         predict_top_k: int = 5,
         log_per_class: bool | None = None,
+        **kwargs,
     ):
         """Args:
-        model: a variant name (``nat_mini``, ``dinat_tiny``, ...), a NatConfig, or its dict. None:
-            the pretrained checkpoint's config, else ``nat_pico``. Beside ``pretrained`` a variant
-            name must match the checkpoint's architecture.
-        pretrained: a transformers-layout folder or Hub id (e.g. shi-labs/nat-mini-in1k-224),
-            an original SHI-Labs ``.pth`` read with ``model`` as its config, or a NatClassifier
-            ``.ckpt`` (its network only: a new run, unlike ``--ckpt_path``).
-        num_classes: classes of the head; None: the datamodule's (a new head where the
-            checkpoint's differs), or the checkpoint's head without a datamodule.
-        id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
-        preprocessing: ``image_size``, ``crop_pct``, ``mean``, ``std`` that the datamodule uses
-            where it sets none itself; None: the pretrained folder's preprocessor_config.json.
-            Fit records the data's values here, so a checkpoint evaluates with them.
-        attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
-            nat_lightning.ops).
-        drop_path_rate: stochastic depth rate; None keeps the model config's.
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
-        betas: AdamW betas.
-        layer_decay: layer-wise LR decay factor (e.g. 0.75 for fine-tuning); None disables it.
-        warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
-        warmup_steps: warmup length in optimizer steps; replaces warmup_epochs when given.
-        min_lr: learning rate at the end of the cosine schedule.
-        rescale_schedule: on resume, size the schedule for this fit's length instead of the one
-            the checkpoint's run was sized for (a longer run otherwise stays at min_lr).
         label_smoothing: label smoothing of the cross-entropy.
         mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
         cutmix_alpha: Beta(alpha, alpha) of cutmix; 0 disables it.
         mixup_prob: probability that a batch is mixed at all.
         mixup_switch_prob: probability of cutmix rather than mixup when both are enabled.
-        finetune: ``full``; ``linear_probe`` (backbone frozen); ``freeze_backbone`` until
-            ``unfreeze_at_epoch``.
-        unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
-        ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
-        compile: ``torch.compile`` the network.
         predict_top_k: how many classes ``predict_step`` returns per image.
         log_per_class: log each class's accuracy (``val/acc_class/<name>``); None: up to
             PER_CLASS_LIMIT classes.
+        kwargs: the arguments every task takes (model, pretrained, num_classes, id2label,
+            preprocessing, attention_backend, drop_path_rate, lr, weight_decay, betas,
+            layer_decay, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune,
+            unfreeze_at_epoch, ema_decay, compile): see NatTask.
         """
-        super().__init__()
-        if num_classes is not None or id2label is not None:
-            given = f"{num_classes=}" if num_classes is not None else f"{id2label=}"
-            check_class_count(num_classes if num_classes is not None else len(id2label), given)
-        self.network = build_network(
-            model, pretrained, num_classes, id2label, drop_path_rate, attention_backend
+        super().__init__(**kwargs)
+
+    def _build_network(self) -> NatForImageClassification:
+        hp = self.hparams
+        if hp.num_classes is not None or hp.id2label is not None:
+            given = (
+                f"num_classes={hp.num_classes}"
+                if hp.num_classes is not None
+                else f"id2label={hp.id2label}"
+            )
+            check_class_count(
+                hp.num_classes if hp.num_classes is not None else len(hp.id2label), given
+            )
+        return build_network(
+            hp.model,
+            hp.pretrained,
+            hp.num_classes,
+            hp.id2label,
+            hp.drop_path_rate,
+            hp.attention_backend,
         )
-        self.save_hyperparameters()
-        self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
-        self._classes_from_data = num_classes is None and id2label is None
-        self._use_network(self.network)
-        self._init_task()
 
     def _use_network(self, network: NatForImageClassification) -> None:
         """Adopt ``network`` and build what depends on its classes; checkpoints carry the

@@ -18,18 +18,17 @@ whether or not it had a batch.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
-from ..models import NatConfig, NatForSemanticSegmentation
+from ..models import NatForSemanticSegmentation
 from ..processor_config import segmentation_preprocessor_config
 from .base import ModelCard, NatTask, meta_training_flops
 from .inference import slide_logits, tta_scores
-from .network import pretrained_preprocessing
 from .optim import param_groups, warmup_poly
 from .seg_metrics import IGNORE_INDEX, SUPPORT, segmentation_metrics
 from .seg_network import HEAD_ARGS, build_segmentation_network, with_classes
@@ -59,13 +58,6 @@ class NatSegmenter(NatTask):
 
     def __init__(
         self,
-        model: str | NatConfig | dict[str, Any] | None = None,
-        pretrained: str | None = None,
-        num_classes: int | None = None,
-        id2label: dict[int, str] | None = None,
-        preprocessing: dict[str, Any] | None = None,
-        attention_backend: str = "auto",
-        drop_path_rate: float | None = None,
         dilations: list[list[int]] | None = None,
         hidden_size: int | None = None,
         pool_scales: tuple[int, ...] | None = None,
@@ -76,41 +68,18 @@ class NatSegmenter(NatTask):
         auxiliary_concat_input: bool | None = None,
         lr: float | None = None,
         weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
         backbone_lr_mult: float = 1.0,
-        layer_decay: float | None = None,
-        warmup_epochs: float = 1.0,
-        warmup_steps: int | None = None,
         min_lr: float = 0.0,
         poly_power: float = 1.0,
-        rescale_schedule: bool = False,
-        finetune: Literal["full", "linear_probe", "freeze_backbone"] = "full",
-        unfreeze_at_epoch: int = 1,
-        ema_decay: float | None = None,
-        compile: bool = False,
         sync_batchnorm: bool = True,
         inference: Literal["whole", "slide"] = "whole",
         window_size: int | None = None,
         window_stride: int | None = None,
         scales: list[float] = [1.0],  # noqa: B006 (a CLI default, never mutated)
         flip: bool = False,
+        **kwargs,
     ):
         """Args:
-        model: the backbone: a variant name (``nat_mini``, ``dinat_tiny``, ...), a NatConfig, or
-            its dict. None: the pretrained checkpoint's, else a tiny model for the embedded shapes.
-        pretrained: a transformers UperNet folder or Hub id, or a NatSegmenter ``.ckpt`` (the
-            whole network; a .ckpt starts a new run, unlike ``--ckpt_path``); or a
-            classification checkpoint for the backbone alone: a transformers NAT/DiNAT folder or
-            Hub id, an original SHI-Labs ``.pth`` (with ``model`` as its config) or a
-            NatClassifier ``.ckpt``.
-        num_classes: classes; None: the datamodule's (new classifiers where the checkpoint's
-            differ), or the pretrained UperNet's without a datamodule.
-        id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
-        preprocessing: ``mean`` and ``std`` that the datamodule uses where it sets none itself;
-            None: the pretrained folder's preprocessor_config.json. Fit records the data's.
-        attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
-            nat_lightning.ops).
-        drop_path_rate: the backbone's stochastic depth rate; None keeps its config's.
         dilations: DiNAT's dilation of every block, per stage, replacing the model's and the
             pretrained checkpoint's (weights do not depend on it): the segmentation recipes use
             larger ones for 512 px crops than the 224 px classifiers they start from.
@@ -126,21 +95,9 @@ class NatSegmenter(NatTask):
         lr: peak learning rate of AdamW; None: PAPER_LR (6e-5) with pretrained weights, else
             SCRATCH_LR (1e-3).
         weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
-        betas: AdamW betas.
         backbone_lr_mult: the backbone's LR relative to the heads' (e.g. 0.1).
-        layer_decay: layer-wise LR decay of the backbone (e.g. 0.9); None disables it.
-        warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
-        warmup_steps: warmup length in optimizer steps (the recipes: 1500); replaces
-            warmup_epochs when given.
         min_lr: learning rate at the end of the poly schedule.
         poly_power: power of the poly decay (1.0: linear).
-        rescale_schedule: on resume, size the schedule for this fit's length instead of the one
-            the checkpoint's run was sized for.
-        finetune: ``full``; ``linear_probe`` (backbone frozen); ``freeze_backbone`` until
-            ``unfreeze_at_epoch``.
-        unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
-        ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
-        compile: ``torch.compile`` the network.
         sync_batchnorm: under several GPU processes, normalise the heads' BatchNorms with the
             statistics of the global batch (SyncBatchNorm); Trainer(sync_batchnorm=True) is not
             needed. CPU processes cannot sync them (torch supports GPUs only) and keep their own.
@@ -151,34 +108,29 @@ class NatSegmenter(NatTask):
             for 512).
         scales: test-time scales; several, or ``flip``, average the views' softmax.
         flip: add horizontally flipped views at test time.
+        kwargs: the arguments every task takes (model: the backbone; pretrained, num_classes,
+            id2label, preprocessing: ``mean`` and ``std``, attention_backend, drop_path_rate,
+            betas, layer_decay, warmup_epochs, warmup_steps: the recipes' 1500,
+            rescale_schedule, finetune, unfreeze_at_epoch, ema_decay, compile): see NatTask.
         """
-        super().__init__()
-        given = {
-            "hidden_size": hidden_size,
-            "pool_scales": pool_scales,
-            "use_auxiliary_head": use_auxiliary_head,
-            "auxiliary_weight": auxiliary_weight,
-            "auxiliary_channels": auxiliary_channels,
-            "auxiliary_num_convs": auxiliary_num_convs,
-            "auxiliary_concat_input": auxiliary_concat_input,
-        }
-        head = {HEAD_ARGS[k]: v for k, v in given.items() if v is not None}
-        overrides = {"attention_backend": attention_backend}
-        if drop_path_rate is not None:
-            overrides["drop_path_rate"] = drop_path_rate
-        if dilations is not None:
-            overrides["dilations"] = dilations
-        self.network = build_segmentation_network(
-            model, pretrained, num_classes, id2label, head, overrides
-        )
-        self.save_hyperparameters()
+        super().__init__(lr=lr, weight_decay=weight_decay, min_lr=min_lr, **kwargs)
         if lr is None:
-            self.hparams.lr = PAPER_LR if pretrained is not None else SCRATCH_LR
-        self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
-        self._classes_from_data = num_classes is None and id2label is None
-        self._use_network(self.network)
-        self._init_task()
+            self.hparams.lr = PAPER_LR if self._pretrained_given else SCRATCH_LR
         self._warned_absent: set[str] = set()  # stages whose absent classes were named
+
+    def _build_network(self) -> NatForSemanticSegmentation:
+        hp = self.hparams
+        given = {arg: hp[arg] for arg in HEAD_ARGS}
+        head = {HEAD_ARGS[k]: v for k, v in given.items() if v is not None}
+        overrides = {"attention_backend": hp.attention_backend}
+        if hp.drop_path_rate is not None:
+            overrides["drop_path_rate"] = hp.drop_path_rate
+        if hp.dilations is not None:
+            overrides["dilations"] = hp.dilations
+        self._pretrained_given = hp.pretrained is not None  # (hparams.pretrained is reset)
+        return build_segmentation_network(
+            hp.model, hp.pretrained, hp.num_classes, hp.id2label, head, overrides
+        )
 
     def _use_network(self, network: NatForSemanticSegmentation) -> None:
         """Adopt ``network`` and build what depends on its classes; checkpoints carry the
