@@ -27,4 +27,3 @@ QUICKSTART = {
     "batch_size": 64,
     "num_workers": 0,
 }
-

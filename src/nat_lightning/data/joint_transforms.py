@@ -2,10 +2,10 @@
 
 mmsegmentation's ADE20K recipe: training rescales the shorter side to ``base_size`` times a
 random ratio in ``scale_range`` (bilinear for the image, nearest for the mask, as every mask
-resize here), pads to the crop (image 0, mask IGNORE), takes a random crop (drawn again, up to
+resize here), pads to the crop (image 0, mask IGNORE_PIXEL), takes a random crop (drawn again, up to
 10 times, while one class covers ``cat_max_ratio`` of it), flips, distorts the photometry of the
 image only (mmseg's PhotoMetricDistortion) and normalises. Evaluation resizes
-the shorter side to ``eval_size``, keeping the aspect, then pads to a multiple of 32 (mask IGNORE).
+the shorter side to ``eval_size``, keeping the aspect, then pads to a multiple of 32 (mask IGNORE_PIXEL).
 Every pipeline takes ``image`` (H, W, 3) uint8 and ``mask`` (H, W) ids, and returns a (3, H, W)
 float32 tensor and an (H, W) tensor of ids.
 """
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from .masks import IGNORE
+from ..batch import IGNORE_PIXEL
 
 PAD_DIVISOR = 32  # evaluation sizes divide by NAT's total stride
 CROP_TRIES = 10  # mmseg's tries for a crop that no class dominates
@@ -25,7 +25,7 @@ CROP_TRIES = 10  # mmseg's tries for a crop that no class dominates
 
 class BalancedCrop(A.RandomCrop):
     """mmseg's RandomCrop with ``cat_max_ratio``: up to CROP_TRIES random crops, keeping the
-    first in which more than one class (IGNORE aside) shows and none covers ``cat_max_ratio`` or
+    first in which more than one class (IGNORE_PIXEL aside) shows and none covers ``cat_max_ratio`` or
     more of the labelled pixels; else the last one. ``cat_max_ratio=1`` takes the first."""
 
     def __init__(self, height: int, width: int, cat_max_ratio: float = 0.75, p: float = 1.0):
@@ -38,7 +38,7 @@ class BalancedCrop(A.RandomCrop):
             crop = super().get_params_dependent_on_data(params, data)
             x_min, y_min, x_max, y_max = crop["crop_coords"]
             ids, counts = np.unique(mask[y_min:y_max, x_min:x_max], return_counts=True)
-            counts = counts[ids != IGNORE]
+            counts = counts[ids != IGNORE_PIXEL]
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                 break
         return crop
@@ -56,7 +56,7 @@ def photometric_distortion() -> list[A.BasicTransform]:
 
 
 def pad(min_size: int | None = None, divisor: int | None = None) -> A.PadIfNeeded:
-    """Pad bottom and right, the image with 0 and the mask with IGNORE, to at least ``min_size``
+    """Pad bottom and right, the image with 0 and the mask with IGNORE_PIXEL, to at least ``min_size``
     per side or to multiples of ``divisor``."""
     return A.PadIfNeeded(
         min_height=min_size,
@@ -66,7 +66,7 @@ def pad(min_size: int | None = None, divisor: int | None = None) -> A.PadIfNeede
         position="top_left",
         border_mode=cv2.BORDER_CONSTANT,
         fill=0,
-        fill_mask=IGNORE,
+        fill_mask=IGNORE_PIXEL,
     )
 
 
@@ -118,5 +118,5 @@ def eval_resize(eval_size: int) -> A.Compose:
 
 
 def eval_finish(mean: tuple[float, ...], std: tuple[float, ...]) -> A.Compose:
-    """Pad bottom and right to multiples of PAD_DIVISOR (image 0, mask IGNORE), normalise."""
+    """Pad bottom and right to multiples of PAD_DIVISOR (image 0, mask IGNORE_PIXEL), normalise."""
     return A.Compose([pad(divisor=PAD_DIVISOR), *finish(mean, std)])

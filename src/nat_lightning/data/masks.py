@@ -3,7 +3,8 @@
 A mask is an image whose pixel values are class ids. Palette ("P") PNGs store the ids as palette
 indices and grayscale ("L") PNGs as grey levels: both are read as they are stored, never converted
 to RGB (which would turn ids into colours). An RGB mask holds colours, which become ids only
-through an explicit ``color_map``. IGNORE (255) marks pixels that no loss or metric counts.
+through an explicit ``color_map``. IGNORE_PIXEL (255, nat_lightning.batch) marks pixels that no
+loss or metric counts.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import numpy as np
 from datasets import ClassLabel, Features
 from PIL import Image as PILImage
 
+from ..batch import IGNORE_PIXEL
 from .columns import check_image_column, overview
 from .images import decoded
 from .sources import Source, describe
 
-IGNORE = 255  # mask value of pixels without a class: padding, reduce_labels' 0, unmapped colours
 IMAGE_NAMES = ("image", "pixel_values")
 MASK_NAMES = ("annotation", "label", "mask", "segmentation_mask", "semantic_map")
 ID_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I;16N", "I")  # pixel values are ids
@@ -122,8 +123,10 @@ def parse_color_map(color_map: Mapping[Any, int] | None) -> dict[int, int] | Non
             raise ValueError(
                 f"color_map key {key!r}: expected a colour as '#rrggbb', 'r,g,b' or (r, g, b)"
             )
-        if not 0 <= int(class_id) <= IGNORE:
-            raise ValueError(f"color_map[{key!r}]={class_id!r}: expected an id in 0..{IGNORE}")
+        if not 0 <= int(class_id) <= IGNORE_PIXEL:
+            raise ValueError(
+                f"color_map[{key!r}]={class_id!r}: expected an id in 0..{IGNORE_PIXEL}"
+            )
         parsed[rgb[0] << 16 | rgb[1] << 8 | rgb[2]] = int(class_id)
     return parsed
 
@@ -173,14 +176,14 @@ def read_mask(
 
 
 class MaskLabelError(ValueError):
-    """A mask holding ids that are neither a class nor IGNORE: the loss cannot take them."""
+    """A mask holding ids that are neither a class nor IGNORE_PIXEL: the loss cannot take them."""
 
 
 def foreign_ids(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """The ids of ``mask`` that are neither a class (0..num_classes-1) nor IGNORE, sorted."""
+    """The ids of ``mask`` that are neither a class (0..num_classes-1) nor IGNORE_PIXEL, sorted."""
     if mask.max(initial=0) < num_classes:  # the common case: one pass, no sort
         return mask[:0]
-    return np.unique(mask[(mask >= num_classes) & (mask != IGNORE)])
+    return np.unique(mask[(mask >= num_classes) & (mask != IGNORE_PIXEL)])
 
 
 def label_error(
@@ -199,10 +202,10 @@ def label_error(
             f"{lossless} (save the original ids as .png)"
         )
     count = "count every class the masks hold with unnamed_classes= or labels_file="
-    if largest < IGNORE:
+    if largest < IGNORE_PIXEL:
         count += f" (ids up to {largest} need unnamed_classes={largest + 1})"
     else:
-        count += f" (at most {IGNORE}: ids 0..{IGNORE - 1}; {IGNORE} is ignored)"
+        count += f" (at most {IGNORE_PIXEL}: ids 0..{IGNORE_PIXEL - 1}; {IGNORE_PIXEL} is ignored)"
     fixes.append(count)
     if not reduced:
         fixes.append("reduce_labels=True if id 0 means 'other' and the classes start at 1")
@@ -212,7 +215,7 @@ def label_error(
     after = " (after reduce_labels)" if reduced else " (after color_map)" if mapped else ""
     return MaskLabelError(
         f"mask {where} holds ids [{listed}{more}]{after} that are neither one of the "
-        f"{num_classes} classes (0..{num_classes - 1}) nor {IGNORE} (ignored); likely fixes: "
+        f"{num_classes} classes (0..{num_classes - 1}) nor {IGNORE_PIXEL} (ignored); likely fixes: "
         + "; ".join(fixes)
     )
 
@@ -232,17 +235,17 @@ def as_ids_or_rgb(image: PILImage.Image) -> np.ndarray:
 
 
 def ids_of_colours(rgb: np.ndarray, color_map: dict[int, int]) -> np.ndarray:
-    """(H, W, 3) colours -> (H, W) uint8 ids; colours the map does not name become IGNORE."""
+    """(H, W, 3) colours -> (H, W) uint8 ids; colours the map does not name become IGNORE_PIXEL."""
     codes = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
     unique, inverse = np.unique(codes, return_inverse=True)
-    lookup = np.array([color_map.get(int(code), IGNORE) for code in unique], dtype=np.uint8)
+    lookup = np.array([color_map.get(int(code), IGNORE_PIXEL) for code in unique], dtype=np.uint8)
     return lookup[inverse].reshape(codes.shape)
 
 
 def reduce_labels(mask: np.ndarray) -> np.ndarray:
-    """ADE20K's convention: 0 (other) becomes IGNORE, every other id drops by one; IGNORE stays."""
+    """ADE20K's convention: 0 (other) becomes IGNORE_PIXEL, every other id drops by one; IGNORE_PIXEL stays."""
     reduced = mask.astype(np.int64) - 1
-    reduced[(mask == 0) | (mask == IGNORE)] = IGNORE
+    reduced[(mask == 0) | (mask == IGNORE_PIXEL)] = IGNORE_PIXEL
     return reduced.astype(mask.dtype)
 
 

@@ -3,7 +3,7 @@
 A pair whose image or mask cannot be decoded becomes an ``Undecodable`` (counted and named like
 an undecodable classification image, see nat_lightning.data.images); a mask that decodes but
 cannot be read as class ids (an RGB mask without color_map), holds an id that is neither a class
-nor IGNORE (MaskLabelError) or, with ``mask_size_mismatch="error"``, does not fit its image stops
+nor IGNORE_PIXEL (MaskLabelError) or, with ``mask_size_mismatch="error"``, does not fit its image stops
 with a ValueError naming it: its file, else its row.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..batch import IGNORE_PIXEL
 from .images import Undecodable, bookkeeping, decode_image, padding_pixels, stored_path
 from .masks import (
-    IGNORE,
     LOSSY_FORMATS,
     MaskColumns,
     fit_mask,
@@ -39,10 +39,10 @@ class PairDecoder:
 
     Training runs ``pipeline`` (random: reseeded from torch per example); evaluation runs
     ``pipeline`` (the resize), notes the content size, then ``finish`` (pad and normalise). A row
-    without a mask (unlabelled data) gets labels of IGNORE only. A plain picklable object, so
+    without a mask (unlabelled data) gets labels of IGNORE_PIXEL only. A plain picklable object, so
     DataLoader workers receive it.
 
-    ``check``: refuse masks holding ids that are neither a class of ``columns.names`` nor IGNORE
+    ``check``: refuse masks holding ids that are neither a class of ``columns.names`` nor IGNORE_PIXEL
     (the loss cannot take them; predict, which ignores the labels, need not). ``rows``: what a
     row index counts in, e.g. ``split 'train'``, for errors about masks without a file; None
     where rows are no dataset's (an images/ + masks/ folder: its files name them).
@@ -106,7 +106,7 @@ class PairDecoder:
         """The pair's (H, W) ids at the image's ``shape``; None when the mask cannot be
         decoded."""
         if mask_value is None:
-            return np.full(shape, IGNORE, dtype=np.uint8)
+            return np.full(shape, IGNORE_PIXEL, dtype=np.uint8)
         where = self.name(image_value, mask_value, index)
         mask = self.labels(mask_value, where)
         return None if mask is None else fit_mask(mask, shape, self.mismatch, where)
@@ -177,12 +177,12 @@ def count_labelled(rows: Dataset, decoder: PairDecoder, indices: list[int]) -> t
         ids = decoder.labels(value, decoder.name(row.get(image), value, index))
         if ids is not None:
             read += 1
-            labelled += int(np.count_nonzero(ids != IGNORE))
+            labelled += int(np.count_nonzero(ids != IGNORE_PIXEL))
     return read, labelled
 
 
 class PairCollate:
-    """Pad the examples to the largest in the batch (image 0, mask IGNORE) and stack them; count
+    """Pad the examples to the largest in the batch (image 0, mask IGNORE_PIXEL) and stack them; count
     the undecodable ones and list ids as nat_lightning.data.images.Collate does.
 
     The batch: ``pixel_values`` (B, 3, H, W) float32, ``labels`` (B, H, W) int64, and, when
@@ -198,7 +198,7 @@ class PairCollate:
         height = max((item["pixel_values"].shape[-2] for item in kept), default=self.size)
         width = max((item["pixel_values"].shape[-1] for item in kept), default=self.size)
         pixels = torch.zeros(len(kept), 3, height, width)
-        labels = torch.full((len(kept), height, width), IGNORE, dtype=torch.int64)
+        labels = torch.full((len(kept), height, width), IGNORE_PIXEL, dtype=torch.int64)
         for i, item in enumerate(kept):
             image = torch.as_tensor(item["pixel_values"])
             h, w = image.shape[-2:]
@@ -213,11 +213,13 @@ class PairCollate:
 
     def padding(self, last: dict | None, batch_size: int) -> dict[str, Any]:
         """A batch that counts no example: ``last``'s pixels (zeros of ``batch_size`` images when
-        None), every label IGNORE."""
+        None), every label IGNORE_PIXEL."""
         pixels = padding_pixels(last, batch_size, self.size)
         batch = {
             "pixel_values": pixels,
-            "labels": torch.full((len(pixels), *pixels.shape[-2:]), IGNORE, dtype=torch.int64),
+            "labels": torch.full(
+                (len(pixels), *pixels.shape[-2:]), IGNORE_PIXEL, dtype=torch.int64
+            ),
         }
         if self.evaluation:
             size = tuple(pixels.shape[-2:])

@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 
 from datasets import Dataset, DatasetDict
 
+from ..batch import IGNORE_PIXEL, IMAGENET_MEAN, IMAGENET_STD
 from .base import RANGES, HFDataModule
 from .joint_transforms import eval_finish, eval_resize, train_pipeline
 from .masks import (
@@ -36,7 +37,6 @@ from .masks import (
 from .pairs import PairCollate, PairDecoder, count_labelled, scanned_rows
 from .shapes import SHAPES_DATASET
 from .sources import Split, Splits, describe, is_folder_pair, load_folder_pairs
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SCANNED_MASKS = 64  # masks of a split setup reads, evenly spaced: about 0.1 s at 512 px
 ROLE_NAMES = {"train": "training", "val": "validation", "test": "test"}
@@ -49,8 +49,8 @@ SEGMENTATION_RANGES = {  # argument -> (is it valid, what is expected)
     "cat_max_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "unnamed_classes": (
-        lambda v: v is None or 1 <= v <= 255,
-        "in 1..255 (255 is ignored) or None",
+        lambda v: v is None or 1 <= v <= IGNORE_PIXEL,
+        f"in 1..{IGNORE_PIXEL} ({IGNORE_PIXEL} is ignored) or None",
     ),
     "mask_size_mismatch": (lambda v: v in ("resize", "error"), "'resize' or 'error'"),
 }
@@ -289,16 +289,20 @@ class HFSegmentationDataModule(HFDataModule):
         masks = f"its {read} masks" if read == total else f"{read} of its {total} masks read"
         causes = []
         if self.hparams.reduce_labels:
-            causes.append("reduce_labels=True on masks whose 0 is a class (it makes 0 255)")
+            causes.append(
+                f"reduce_labels=True on masks whose 0 is a class (it makes 0 {IGNORE_PIXEL})"
+            )
         if self._color_map is not None:
             found = mask_colours(split.data[0][self.columns.mask])
             causes.append(
                 "a color_map that matches none of the masks' colours (colours it does not name "
-                f"become 255; the first mask holds {found})"
+                f"become {IGNORE_PIXEL}; the first mask holds {found})"
             )
-        causes.append("masks that hold only 255 (or a mask_column that is not the masks)")
+        causes.append(
+            f"masks that hold only {IGNORE_PIXEL} (or a mask_column that is not the masks)"
+        )
         return (
             f"the {ROLE_NAMES[role]} split {split.name!r} of dataset {describe(self.dataset)} has "
-            f"no labelled pixel: every pixel of {masks} is 255 (ignored), so its loss and mIoU "
+            f"no labelled pixel: every pixel of {masks} is {IGNORE_PIXEL} (ignored), so its loss and mIoU "
             f"would be NaN; likely causes: {'; '.join(causes)}"
         )

@@ -14,7 +14,8 @@ Why every example is read exactly once per epoch, and why no rank hangs:
    in the gradient all-reduce. Each rank's loader yields exactly ``num_batches``: an upper bound,
    computed from the split's size, on the real batches of any rank. After its real batches a rank
    yields padding batches, copies of its last batch with every label ignored (the collate
-   function's ``padding``: -100 for classes, 255 for masks), which the losses and metrics skip. Padding costs at most about K batches per epoch.
+   function's ``padding``: nat_lightning.batch's IGNORE_LABEL for classes, IGNORE_PIXEL for
+   masks), which the losses and metrics skip. Padding costs at most about K batches per epoch.
 3. Epochs. The loader sets the dataset's epoch before each pass; HF keeps it in shared memory, so
    persistent workers see it and reshuffle.
 """
