@@ -5,7 +5,8 @@ random ratio in ``scale_range`` (bilinear for the image, nearest for the mask, a
 resize here), pads to the crop (image 0, mask IGNORE_PIXEL), takes a random crop (drawn again, up to
 10 times, while one class covers ``cat_max_ratio`` of it), flips, distorts the photometry of the
 image only (mmseg's PhotoMetricDistortion) and normalises. Evaluation resizes
-the shorter side to ``eval_size``, keeping the aspect, then pads to a multiple of 32 (mask IGNORE_PIXEL).
+the shorter side to ``eval_size``, keeping the aspect, then pads to a multiple of 32 (mask
+IGNORE_PIXEL).
 Every pipeline takes ``image`` (H, W, 3) uint8 and ``mask`` (H, W) ids, and returns a (3, H, W)
 float32 tensor and an (H, W) tensor of ids.
 """
@@ -25,8 +26,9 @@ CROP_TRIES = 10  # mmseg's tries for a crop that no class dominates
 
 class BalancedCrop(A.RandomCrop):
     """mmseg's RandomCrop with ``cat_max_ratio``: up to CROP_TRIES random crops, keeping the
-    first in which more than one class (IGNORE_PIXEL aside) shows and none covers ``cat_max_ratio`` or
-    more of the labelled pixels; else the last one. ``cat_max_ratio=1`` takes the first."""
+    first in which more than one class (IGNORE_PIXEL aside) shows and none covers
+    ``cat_max_ratio`` or more of the labelled pixels; else the last one. ``cat_max_ratio=1`` takes
+    the first."""
 
     def __init__(self, height: int, width: int, cat_max_ratio: float = 0.75, p: float = 1.0):
         super().__init__(height=height, width=width, p=p)
@@ -56,8 +58,8 @@ def photometric_distortion() -> list[A.BasicTransform]:
 
 
 def pad(min_size: int | None = None, divisor: int | None = None) -> A.PadIfNeeded:
-    """Pad bottom and right, the image with 0 and the mask with IGNORE_PIXEL, to at least ``min_size``
-    per side or to multiples of ``divisor``."""
+    """Pad bottom and right, the image with 0 and the mask with IGNORE_PIXEL, to at least
+    ``min_size`` per side or to multiples of ``divisor``."""
     return A.PadIfNeeded(
         min_height=min_size,
         min_width=min_size,

@@ -243,7 +243,8 @@ def ids_of_colours(rgb: np.ndarray, color_map: dict[int, int]) -> np.ndarray:
 
 
 def reduce_labels(mask: np.ndarray) -> np.ndarray:
-    """ADE20K's convention: 0 (other) becomes IGNORE_PIXEL, every other id drops by one; IGNORE_PIXEL stays."""
+    """ADE20K's convention: 0 (other) becomes IGNORE_PIXEL, every other id drops by one;
+    IGNORE_PIXEL stays."""
     reduced = mask.astype(np.int64) - 1
     reduced[(mask == 0) | (mask == IGNORE_PIXEL)] = IGNORE_PIXEL
     return reduced.astype(mask.dtype)

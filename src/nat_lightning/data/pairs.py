@@ -3,8 +3,8 @@
 A pair whose image or mask cannot be decoded becomes an ``Undecodable`` (counted and named like
 an undecodable classification image, see nat_lightning.data.images); a mask that decodes but
 cannot be read as class ids (an RGB mask without color_map), holds an id that is neither a class
-nor IGNORE_PIXEL (MaskLabelError) or, with ``mask_size_mismatch="error"``, does not fit its image stops
-with a ValueError naming it: its file, else its row.
+nor IGNORE_PIXEL (MaskLabelError) or, with ``mask_size_mismatch="error"``, does not fit its image
+stops with a ValueError naming it: its file, else its row.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ class PairDecoder:
     without a mask (unlabelled data) gets labels of IGNORE_PIXEL only. A plain picklable object, so
     DataLoader workers receive it.
 
-    ``check``: refuse masks holding ids that are neither a class of ``columns.names`` nor IGNORE_PIXEL
-    (the loss cannot take them; predict, which ignores the labels, need not). ``rows``: what a
-    row index counts in, e.g. ``split 'train'``, for errors about masks without a file; None
-    where rows are no dataset's (an images/ + masks/ folder: its files name them).
+    ``check``: refuse masks holding ids that are neither a class of ``columns.names`` nor
+    IGNORE_PIXEL (the loss cannot take them; predict, which ignores the labels, need not).
+    ``rows``: what a row index counts in, e.g. ``split 'train'``, for errors about masks without a
+    file; None where rows are no dataset's (an images/ + masks/ folder: its files name them).
     """
 
     def __init__(
@@ -182,8 +182,8 @@ def count_labelled(rows: Dataset, decoder: PairDecoder, indices: list[int]) -> t
 
 
 class PairCollate:
-    """Pad the examples to the largest in the batch (image 0, mask IGNORE_PIXEL) and stack them; count
-    the undecodable ones and list ids as nat_lightning.data.images.Collate does.
+    """Pad the examples to the largest in the batch (image 0, mask IGNORE_PIXEL) and stack them;
+    count the undecodable ones and list ids as nat_lightning.data.images.Collate does.
 
     The batch: ``pixel_values`` (B, 3, H, W) float32, ``labels`` (B, H, W) int64, and, when
     ``evaluation``, ``sizes`` and ``content`` (B, 2) int64: each image's original (h, w) and its
