@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nat_lightning.data import SHAPES_CLASSES, SHAPES_DATASET, HFSegmentationDataModule
-from nat_lightning.data.shapes import shapes_datamodule
+from nat_lightning.data import (
+    SHAPES_CLASSES,
+    SHAPES_DATASET,
+    HFSegmentationDataModule,
+    shapes_datamodule,
+)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_shapes_parquet.py"
 

@@ -3,8 +3,8 @@ embedded digits (classification) and shapes (segmentation) datasets."""
 
 from .datamodule import HFImageDataModule, quickstart_datamodule
 from .digits import DIGITS_PARQUET
-from .segmentation import HFSegmentationDataModule
-from .shapes import SHAPES_CLASSES, SHAPES_DATASET, shapes_datamodule
+from .segmentation import HFSegmentationDataModule, shapes_datamodule
+from .shapes import SHAPES_CLASSES, SHAPES_DATASET
 
 __all__ = [
     "DIGITS_PARQUET",

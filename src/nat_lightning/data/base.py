@@ -2,12 +2,15 @@
 map-style and streaming loaders under DDP, and the per-stage tallies of undecodable examples.
 
 A task's DataModule (HFImageDataModule, HFSegmentationDataModule) subclasses HFDataModule and says
-only what differs: its columns and classes, how a row is decoded and transformed, how examples
-are collated into a batch, and which preprocessing keys it uses.
+only what differs: its own ``__init__`` arguments (the shared ones, declared and documented once
+in ``HFDataModule.__init__``, it passes on with ``**kwargs``), its embedded dataset, its columns
+and classes, how a row is decoded and transformed, how examples are collated into a batch, and
+which preprocessing keys it uses. What it must define is abstract (``abc``).
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 from functools import cached_property
@@ -15,14 +18,13 @@ from typing import ClassVar
 
 import lightning as L
 import torch
-from datasets import Dataset, Features, Image
+from datasets import Dataset, DatasetDict, Features, Image
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Sampler
 
 from .images import ImageExamples, SkipTally
 from .sharding import eval_sampler
 from .sources import (
-    Source,
     Split,
     Splits,
     carve_validation,
@@ -42,6 +44,7 @@ SPLIT_FIELDS = {"val": "val_split", "test": "test_split", "predict": "predict_sp
 RANGES = {  # argument every DataModule has -> (is it valid, what is expected)
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
+    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "mean": (lambda v: v is None or len(v) == 3, "3 values (RGB) or None"),
     "std": (lambda v: v is None or (len(v) == 3 and min(v) > 0), "3 positive values or None"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
@@ -74,38 +77,123 @@ def check_arguments(hp, ranges: dict) -> None:
         )
 
 
-class HFDataModule(L.LightningDataModule):
+class HFDataModule(L.LightningDataModule, abc.ABC):
     """The shared machinery; see HFImageDataModule for what it does with a dataset.
 
-    A subclass sets PREPROCESSING (its preprocessing keys and their built-in values) and RANGES,
-    calls ``save_hyperparameters`` then ``_start`` in ``__init__``, and implements ``columns``,
-    ``_kept_columns``, ``_decoder``, ``_collate`` and ``_unlabelled_decoder``.
+    A subclass sets EMBEDDED_DATASET (read when ``dataset`` is None), PREPROCESSING (its
+    preprocessing keys and their built-in values) and RANGES, declares its own ``__init__``
+    arguments (and those whose defaults differ), passes the rest on with ``**kwargs``, and
+    implements the abstract methods: ``embedded``, ``columns``, ``_kept_columns``, ``_decoder``,
+    ``_unlabelled_decoder`` and ``_collate``.
     """
 
+    EMBEDDED_DATASET: ClassVar[str]  # the dataset read when ``dataset`` is None
     PREPROCESSING: ClassVar[dict] = BUILT_IN_PREPROCESSING
     RANGES: ClassVar[dict] = RANGES
 
-    def _start(self, dataset: Source | None, default: str, given: dict) -> None:
-        """The rest of ``__init__``, once ``save_hyperparameters`` has run: ``default`` is read
-        when ``dataset`` is None; ``given`` holds the preprocessing arguments."""
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # (ABCMeta computes __abstractmethods__ only after this hook: look at the methods)
+        abstract = any(
+            getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls)
+        )
+        if not (abstract or hasattr(cls, "EMBEDDED_DATASET")):
+            raise TypeError(f"data module {cls.__name__} must set EMBEDDED_DATASET")
+
+    def __init__(
+        self,
+        dataset: str | list[str] | Dataset | DatasetDict | None = None,
+        config_name: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+        test_split: str | None = None,
+        val_fraction: float = 0.1,
+        image_column: str | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = 1000,
+        hflip: float = 0.5,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        preprocessor_config: str | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        seed: int = 0,
+        predict_split: str | None = None,
+        predict_paths: str | list[str] | None = None,
+        cache_dir: str | None = None,
+        max_skipped_fraction: float = 0.5,
+    ):
+        """The arguments every data module takes; a subclass passes them on (``**kwargs``).
+
+        Args:
+            dataset: a Hub id, a local folder (the subclass's layout, or parquet/arrow files named
+                by split), parquet/arrow file(s) as a path, glob or list, or a
+                datasets.Dataset/DatasetDict. None: the embedded dataset (EMBEDDED_DATASET).
+            config_name: the Hub dataset's configuration (subset).
+            train_split: split to train on.
+            val_split: split to validate on; if the dataset has none, ``val_fraction`` of train is
+                held out (seeded, stratified by class where labels are classes; not possible for
+                Hub streams). None: no validation.
+            test_split: split for ``test``; None: none.
+            val_fraction: share of train held out when ``val_split`` does not exist.
+            image_column: image column; None: the datasets.Image column (classification), the first
+                of image, pixel_values (segmentation).
+            streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of
+                map-style.
+            shuffle_buffer: examples in the streaming shuffle buffer.
+            hflip: probability of a horizontal flip.
+            mean: normalisation mean (RGB, 0..1 scale); None: the preprocessor_config's, else the
+                LightningModule's, else ImageNet's.
+            std: normalisation std; None: the preprocessor_config's, else the LightningModule's,
+                else ImageNet's.
+            preprocessor_config: a transformers preprocessor_config.json (or its folder); its values
+                for this data module's preprocessing keys (image_mean and image_std; size and
+                crop_pct for classification) fill the arguments that are None.
+            batch_size: examples per batch and process.
+            num_workers: DataLoader worker processes; min(4, CPU count) when None.
+            pin_memory: pin batches in page-locked memory; None: True when CUDA is available.
+            persistent_workers: keep workers alive between epochs; None: True when there are
+                workers.
+            seed: seed of the held-out validation split and of the streaming shuffle.
+            predict_split: split to run ``predict`` on; ids are its row indices.
+            predict_paths: a folder of images or a list of image files to run ``predict`` on; ids
+                are the paths.
+            cache_dir: where ``datasets`` caches downloads and Arrow files; its default cache when
+                None.
+            max_skipped_fraction: a stage's epoch (train, validate, test, predict) whose share of
+                undecodable examples exceeds this stops the run with an error naming them (a wrong
+                root, a missing codec); 1.0 never stops.
+        """
+        super().__init__()
+        # this frame's arguments and the subclass's (its **kwargs); an in-memory dataset has no
+        # place in a checkpoint: it is recorded by its description below
+        self.save_hyperparameters(ignore=["dataset"])
         hp = self.hparams
         check_arguments(hp, self.RANGES)
         in_memory = not (dataset is None or isinstance(dataset, (str, list)))
-        # an in-memory dataset has no place in a checkpoint: it is recorded by its description
         hp["dataset"] = describe(dataset) if in_memory else dataset
-        self.dataset = default if dataset is None else dataset
+        self.dataset = self.EMBEDDED_DATASET if dataset is None else dataset
+        given = {key: hp.get(key) for key in self.PREPROCESSING}  # the arguments
         self._arguments = {key: value for key, value in given.items() if value is not None}
-        config = hp.preprocessor_config
+        config = preprocessor_config
         self._from_config = config_preprocessing(config) if config is not None else {}
         self._preprocessing: dict = {}  # key -> value, resolved
         self._source: dict[str, str] = {}  # key -> where its value came from
         self.resolve_preprocessing()  # provisional: setup() may fill built-in values from the model
-        self.num_workers = min(4, os.cpu_count() or 1) if hp.num_workers is None else hp.num_workers
-        self.pin_memory = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        persistent = hp.persistent_workers
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        persistent = persistent_workers
         self.persistent_workers = self.num_workers > 0 if persistent is None else persistent
         self.tallies: dict[str, SkipTally] = {}  # per trainer stage, until reported
         self._epoch = 0  # used when no trainer is attached (set_epoch)
+
+    @classmethod
+    @abc.abstractmethod
+    def embedded(cls, **overrides) -> HFDataModule:
+        """The embedded dataset with its quickstart settings, ``overrides`` on top: the data of
+        a task that is given none (NatTask's default data)."""
 
     # -- preprocessing: arguments > preprocessor_config > the LightningModule's > built-in ------
 
@@ -157,6 +245,22 @@ class HFDataModule(L.LightningDataModule):
     @property
     def std(self) -> tuple[float, float, float]:
         return self._preprocessing["std"]
+
+    # -- what the data is: resolved lazily, without decoding images ----------------------------
+
+    @property
+    @abc.abstractmethod
+    def columns(self):
+        """The columns the examples are read from and ``names``, the class names (read from
+        the features metadata on first access: no image is decoded)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.columns.names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.columns.names))
 
     # -- the splits: resolved lazily, without decoding images ----------------------------------
 
@@ -231,9 +335,9 @@ class HFDataModule(L.LightningDataModule):
                 data = data.cast_column(column, Image(decode=False))
         return Split(split.name, data, split.size)
 
+    @abc.abstractmethod
     def _kept_columns(self) -> tuple[list[str | None], list[str]]:
         """(the columns the examples need, those of them that hold images)."""
-        raise NotImplementedError
 
     # -- Lightning hooks -----------------------------------------------------------------------
 
@@ -288,18 +392,18 @@ class HFDataModule(L.LightningDataModule):
 
     # -- what a subclass decides ---------------------------------------------------------------
 
+    @abc.abstractmethod
     def _decoder(self, role: str):
         """A row (a dict), its id and its index -> an example or an Undecodable."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _unlabelled_decoder(self):
         """The decoder of ``predict_paths`` rows: an ``image`` column of files, nothing else."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _collate(self, role: str):
         """Examples -> a batch; a ``padding(last, batch_size)`` method gives a batch that counts
         no example, for ranks whose stream ran out (nat_lightning.data.streaming)."""
-        raise NotImplementedError
 
     # -- loaders -------------------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ IMAGE_RANGES = {  # argument -> (is it valid, what is expected)
         lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
         "(low, high), 0 < low <= high <= 1",
     ),
-    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "rand_augment_ops": (lambda v: v >= 0, ">= 0"),
     "rand_augment_magnitude": (lambda v: 0 <= v <= 10, "in [0, 10]"),
     "color_jitter": (lambda v: v >= 0, ">= 0"),
@@ -61,6 +60,7 @@ class HFImageDataModule(HFDataModule):
     ImageNet mean/std). See ``resolve_preprocessing``.
     """
 
+    EMBEDDED_DATASET: ClassVar[str] = DIGITS_PARQUET
     RANGES: ClassVar[dict] = IMAGE_RANGES
 
     @classmethod
@@ -71,87 +71,42 @@ class HFImageDataModule(HFDataModule):
 
     def __init__(
         self,
+        # also HFDataModule's: here as the one positional argument, its None the digits
         dataset: str | list[str] | Dataset | DatasetDict | None = None,
-        config_name: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = "validation",
-        test_split: str | None = None,
-        val_fraction: float = 0.1,
-        image_column: str | None = None,
+        *,
         label_column: str | None = None,
-        streaming: bool = False,
-        shuffle_buffer: int = 1000,
         image_size: int | None = None,
         crop_pct: float | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
-        hflip: float = 0.5,
         rand_augment_ops: int = 2,
         rand_augment_magnitude: float = 9.0,
         color_jitter: float = 0.4,
         random_erasing: float = 0.25,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
-        preprocessor_config: str | None = None,
-        batch_size: int = 32,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool | None = None,
-        seed: int = 0,
-        predict_split: str | None = None,
-        predict_paths: str | list[str] | None = None,
-        cache_dir: str | None = None,
-        max_skipped_fraction: float = 0.5,
+        **kwargs,
     ):
-        """Args:
-        dataset: a Hub id, a local folder (imagefolder layout, or parquet/arrow files named by
-            split),
-            parquet/arrow file(s) as a path, glob or list, or a datasets.Dataset/DatasetDict.
-            None: the embedded 8x8 digits (DIGITS_PARQUET).
-        config_name: the Hub dataset's configuration (subset).
-        train_split: split to train on.
-        val_split: split to validate on; if the dataset has none, ``val_fraction`` of train is held
-            out (seeded, stratified by class; not possible for Hub streams). None: no validation.
-        test_split: split for ``test``; None: none.
-        val_fraction: share of train held out when ``val_split`` does not exist.
-        image_column: image column; the datasets.Image column when None.
-        label_column: label column; the ClassLabel column (else one named label/labels) when None.
-        streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of map-style.
-        shuffle_buffer: examples in the streaming shuffle buffer.
-        image_size: side of the square training and evaluation crops; None: the
-            preprocessor_config's, else the LightningModule's, else 224.
-        crop_pct: evaluation resizes the shorter side to ``int(image_size / crop_pct)``, then
-            centre-crops; None: the preprocessor_config's, else the LightningModule's, else 0.875.
-        crop_scale: area range of the training RandomResizedCrop.
-        hflip: probability of a horizontal flip.
-        rand_augment_ops: RandAugment ops applied per image; 0 disables RandAugment.
-        rand_augment_magnitude: RandAugment magnitude on 0..10.
-        color_jitter: brightness, contrast and saturation jitter; 0 disables it.
-        random_erasing: probability of erasing a random box.
-        mean: normalisation mean (RGB, 0..1 scale); None: the preprocessor_config's, else the
-            LightningModule's, else ImageNet's.
-        std: normalisation std; None: the preprocessor_config's, else the LightningModule's, else
-            ImageNet's.
-        preprocessor_config: a transformers preprocessor_config.json (or its folder); its size,
-            crop_pct, image_mean and image_std fill image_size, crop_pct, mean and std where
-            those are None.
-        batch_size: examples per batch and process.
-        num_workers: DataLoader worker processes; min(4, CPU count) when None.
-        pin_memory: pin batches in page-locked memory; None: True when CUDA is available.
-        persistent_workers: keep workers alive between epochs; None: True when there are workers.
-        seed: seed of the held-out validation split and of the streaming shuffle.
-        predict_split: split to run ``predict`` on; ids are its row indices.
-        predict_paths: a folder of images or a list of image files to run ``predict`` on; ids
-            are the paths.
-        cache_dir: where ``datasets`` caches downloads and Arrow files; its default cache when None.
-        max_skipped_fraction: a stage's epoch (train, validate, test, predict) whose share of
-            undecodable images exceeds this stops the run with an error naming them (a wrong
-            root, a missing codec); 1.0 never stops.
+        """The classification arguments; ``kwargs`` are HFDataModule's.
+
+        Args:
+            dataset: a Hub id, a local folder (imagefolder layout, or parquet/arrow files named
+                by split), parquet/arrow file(s) as a path, glob or list, or a
+                datasets.Dataset/DatasetDict. None: the embedded 8x8 digits (DIGITS_PARQUET).
+            label_column: label column; the ClassLabel column (else one named label/labels) when
+                None.
+            image_size: side of the square training and evaluation crops; None: the
+                preprocessor_config's, else the LightningModule's, else 224.
+            crop_pct: evaluation resizes the shorter side to ``int(image_size / crop_pct)``, then
+                centre-crops; None: the preprocessor_config's, else the LightningModule's, else
+                0.875.
+            crop_scale: area range of the training RandomResizedCrop.
+            rand_augment_ops: RandAugment ops applied per image; 0 disables RandAugment.
+            rand_augment_magnitude: RandAugment magnitude on 0..10.
+            color_jitter: brightness, contrast and saturation jitter; 0 disables it.
+            random_erasing: probability of erasing a random box.
+            kwargs: the arguments every data module takes (splits, streaming, hflip, mean, std,
+                preprocessor_config, batch_size, workers, seed, predict inputs,
+                max_skipped_fraction, ...): see HFDataModule.
         """
-        super().__init__()
-        # an in-memory dataset has no place in a checkpoint: _start records its description
-        self.save_hyperparameters(ignore=["dataset"])
-        given = {"image_size": image_size, "crop_pct": crop_pct, "mean": mean, "std": std}
-        self._start(dataset, DIGITS_PARQUET, given)
+        super().__init__(dataset=dataset, **kwargs)
 
     @property
     def image_size(self) -> int:
@@ -162,14 +117,6 @@ class HFImageDataModule(HFDataModule):
         return self._preprocessing["crop_pct"]
 
     # -- what the data is: resolved lazily, without decoding images ----------------------------
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.columns.names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.columns.names))
 
     @cached_property
     def columns(self) -> Columns:

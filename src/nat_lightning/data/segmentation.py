@@ -35,7 +35,7 @@ from .masks import (
     parse_color_map,
 )
 from .pairs import PairCollate, PairDecoder, count_labelled, scanned_rows
-from .shapes import SHAPES_DATASET
+from .shapes import SHAPES_DATASET, SHAPES_QUICKSTART
 from .sources import Split, Splits, describe, is_folder_pair, load_folder_pairs
 
 SCANNED_MASKS = 64  # masks of a split setup reads, evenly spaced: about 0.1 s at 512 px
@@ -47,7 +47,6 @@ SEGMENTATION_RANGES = {  # argument -> (is it valid, what is expected)
     "eval_size": (lambda v: v is None or v >= 1, ">= 1 or None"),
     "scale_range": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "(low, high), 0 < low <= high"),
     "cat_max_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "unnamed_classes": (
         lambda v: v is None or 1 <= v <= IGNORE_PIXEL,
         f"in 1..{IGNORE_PIXEL} ({IGNORE_PIXEL} is ignored) or None",
@@ -72,116 +71,74 @@ class HFSegmentationDataModule(HFDataModule):
     ``resolve_preprocessing``. ``preprocessing`` holds the result.
     """
 
+    EMBEDDED_DATASET: ClassVar[str] = SHAPES_DATASET
     PREPROCESSING: ClassVar[dict] = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     RANGES: ClassVar[dict] = SEGMENTATION_RANGES
 
+    @classmethod
+    def embedded(cls, **overrides) -> HFSegmentationDataModule:
+        """The embedded shapes with the quickstart settings (configs/seg_quickstart.yaml's data
+        section), ``overrides`` on top: the data of a task that is given none."""
+        return cls(**{"dataset": None, **SHAPES_QUICKSTART, **overrides})
+
     def __init__(
         self,
+        # also HFDataModule's: here as the one positional argument, its None the shapes
         dataset: str | list[str] | Dataset | DatasetDict | None = None,
-        config_name: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = "validation",
-        test_split: str | None = None,
-        val_fraction: float = 0.1,
-        image_column: str | None = None,
+        *,
         mask_column: str | None = None,
         unnamed_classes: int | None = None,
         labels_file: str | None = None,
         reduce_labels: bool = False,
         color_map: dict[str, int] | None = None,
         mask_size_mismatch: Literal["resize", "error"] = "resize",
-        streaming: bool = False,
-        shuffle_buffer: int = 1000,
         crop_size: int = 512,
         base_size: int | None = None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
-        hflip: float = 0.5,
         photometric_distortion: bool = True,
         eval_size: int | None = None,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
-        preprocessor_config: str | None = None,
         batch_size: int = 16,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool | None = None,
-        seed: int = 0,
-        predict_split: str | None = None,
-        predict_paths: str | list[str] | None = None,
-        cache_dir: str | None = None,
-        max_skipped_fraction: float = 0.5,
+        **kwargs,
     ):
-        """Args:
-        dataset: a Hub id, a local folder (``images/`` + ``masks/``, or parquet/arrow files
-            named by split), parquet/arrow file(s) as a path, glob or list, or a
-            datasets.Dataset/DatasetDict. None: the embedded shapes (SHAPES_DATASET).
-        config_name: the Hub dataset's configuration (subset).
-        train_split: split to train on.
-        val_split: split to validate on; if the dataset has none, ``val_fraction`` of train is held
-            out (seeded; not possible for Hub streams). None: no validation.
-        test_split: split for ``test``; None: none.
-        val_fraction: share of train held out when ``val_split`` does not exist.
-        image_column: image column; None: the first of image, pixel_values.
-        mask_column: mask column; None: the first of annotation, label, mask, segmentation_mask,
-            semantic_map.
-        unnamed_classes: classes when the dataset names none (they are called class_i); None: as
-            many as labels_file or the dataset names.
-        labels_file: a JSON of id -> name (ids after reduce_labels) or a list of names; None: the
-            names of the dataset's ClassLabel list column (the classes each mask holds).
-        reduce_labels: ADE20K's convention: mask id 0 ("other") becomes 255 (ignored), every
-            other id drops by one.
-        color_map: for RGB masks, colour -> class id, colours as '#rrggbb' or 'r,g,b'; colours
-            not in it become 255. None: an RGB mask is an error.
-        mask_size_mismatch: a mask whose size differs from its image's is resized to it
-            (nearest neighbours, "resize") or stops the run naming the pair ("error").
-        streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of map-style.
-        shuffle_buffer: examples in the streaming shuffle buffer.
-        crop_size: side of the square training crops.
-        base_size: shorter side that training scales by a ratio drawn from scale_range; None:
-            crop_size.
-        scale_range: (low, high) of the random training scale ratio.
-        cat_max_ratio: a training crop is drawn again (up to 10 times, as mmseg) while one class
-            covers this share of its labelled pixels or more; 1.0: never.
-        hflip: probability of a horizontal flip.
-        photometric_distortion: brightness, contrast, saturation and hue jitter as mmseg's
-            PhotoMetricDistortion (image only).
-        eval_size: shorter side of evaluation and predict images (then padded to a multiple of
-            32); None: crop_size.
-        mean: normalisation mean (RGB, 0..1 scale); None: the preprocessor_config's, else the
-            LightningModule's, else ImageNet's.
-        std: normalisation std; None: the preprocessor_config's, else the LightningModule's, else
-            ImageNet's.
-        preprocessor_config: a transformers preprocessor_config.json (or its folder); its
-            image_mean and image_std fill mean and std where those are None.
-        batch_size: examples per batch and process.
-        num_workers: DataLoader worker processes; min(4, CPU count) when None.
-        pin_memory: pin batches in page-locked memory; None: True when CUDA is available.
-        persistent_workers: keep workers alive between epochs; None: True when there are workers.
-        seed: seed of the held-out validation split and of the streaming shuffle.
-        predict_split: split to run ``predict`` on; ids are its row indices.
-        predict_paths: a folder of images or a list of image files to run ``predict`` on; ids
-            are the paths.
-        cache_dir: where ``datasets`` caches downloads and Arrow files; its default cache when None.
-        max_skipped_fraction: a stage's epoch whose share of undecodable pairs exceeds this stops
-            the run with an error naming them; 1.0 never stops.
+        """The segmentation arguments; ``kwargs`` are HFDataModule's.
+
+        Args:
+            dataset: a Hub id, a local folder (``images/`` + ``masks/``, or parquet/arrow files
+                named by split), parquet/arrow file(s) as a path, glob or list, or a
+                datasets.Dataset/DatasetDict. None: the embedded shapes (SHAPES_DATASET).
+            mask_column: mask column; None: the first of annotation, label, mask, segmentation_mask,
+                semantic_map.
+            unnamed_classes: classes when the dataset names none (they are called class_i); None: as
+                many as labels_file or the dataset names.
+            labels_file: a JSON of id -> name (ids after reduce_labels) or a list of names; None:
+                the names of the dataset's ClassLabel list column (the classes each mask holds).
+            reduce_labels: ADE20K's convention: mask id 0 ("other") becomes 255 (ignored), every
+                other id drops by one.
+            color_map: for RGB masks, colour -> class id, colours as '#rrggbb' or 'r,g,b'; colours
+                not in it become 255. None: an RGB mask is an error.
+            mask_size_mismatch: a mask whose size differs from its image's is resized to it
+                (nearest neighbours, "resize") or stops the run naming the pair ("error").
+            crop_size: side of the square training crops.
+            base_size: shorter side that training scales by a ratio drawn from scale_range; None:
+                crop_size.
+            scale_range: (low, high) of the random training scale ratio.
+            cat_max_ratio: a training crop is drawn again (up to 10 times, as mmseg) while one class
+                covers this share of its labelled pixels or more; 1.0: never.
+            photometric_distortion: brightness, contrast, saturation and hue jitter as mmseg's
+                PhotoMetricDistortion (image only).
+            eval_size: shorter side of evaluation and predict images (then padded to a multiple of
+                32); None: crop_size.
+            batch_size: examples per batch and process.
+            kwargs: the arguments every data module takes (splits, streaming, hflip, mean, std,
+                preprocessor_config: its image_mean and image_std, workers, seed, predict inputs,
+                max_skipped_fraction, ...): see HFDataModule.
         """
-        super().__init__()
-        # an in-memory dataset has no place in a checkpoint: _start records its description
-        self.save_hyperparameters(ignore=["dataset"])
-        self._start(dataset, SHAPES_DATASET, {"mean": mean, "std": std})
+        super().__init__(dataset=dataset, batch_size=batch_size, **kwargs)
         self._color_map = parse_color_map(color_map)
         self._checked: set[str] = set()  # roles whose split setup has read
 
     # -- what the data is: resolved lazily, without decoding images ----------------------------
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.columns.names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.columns.names))
 
     @property
     def crop_size(self) -> int:
@@ -303,6 +260,12 @@ class HFSegmentationDataModule(HFDataModule):
         )
         return (
             f"the {ROLE_NAMES[role]} split {split.name!r} of dataset {describe(self.dataset)} has "
-            f"no labelled pixel: every pixel of {masks} is {IGNORE_PIXEL} (ignored), so its loss and mIoU "
-            f"would be NaN; likely causes: {'; '.join(causes)}"
+            f"no labelled pixel: every pixel of {masks} is {IGNORE_PIXEL} (ignored), so its loss "
+            f"and mIoU would be NaN; likely causes: {'; '.join(causes)}"
         )
+
+
+def shapes_datamodule(**overrides) -> HFSegmentationDataModule:
+    """An HFSegmentationDataModule on the embedded shapes with the quickstart settings
+    (shapes.SHAPES_QUICKSTART, configs/seg_quickstart.yaml's data section), ``overrides`` on top."""
+    return HFSegmentationDataModule.embedded(**overrides)

@@ -3,7 +3,9 @@
 Written once by scripts/make_shapes_parquet.py as two Hugging Face parquet files named by split
 (``train.parquet``, ``validation.parquet``) in one folder, read through the same ``datasets``
 folder loader as any other. Columns: ``image`` (JPEG), ``annotation`` (an "L" PNG of class ids)
-and ``classes`` (the ids present, a list of ClassLabel whose names are the classes).
+and ``classes`` (the ids present, a list of ClassLabel whose names are the classes). This module
+describes the asset and imports nothing of the package: ``HFSegmentationDataModule.embedded``
+(``segmentation.shapes_datamodule``) builds the data module on it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,3 @@ SHAPES_QUICKSTART = {
     "batch_size": 16,
     "num_workers": 0,
 }
-
-
-def shapes_datamodule(**overrides):
-    """An HFSegmentationDataModule on the shapes with the quickstart settings, ``overrides`` on
-    top."""
-    from .segmentation import (
-        HFSegmentationDataModule,  # the DataModule imports this module for SHAPES_DATASET
-    )
-
-    return HFSegmentationDataModule(**{"dataset": None, **SHAPES_QUICKSTART, **overrides})
