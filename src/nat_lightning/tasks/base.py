@@ -100,39 +100,41 @@ class NatTask(L.LightningModule, abc.ABC):
         ema_decay: float | None = None,
         compile: bool = False,
     ):
-        """Args:
-        model: the network (the backbone of a dense task): a variant name (``nat_mini``,
-            ``dinat_tiny``, ...), a NatConfig, or its dict. None: the pretrained checkpoint's,
-            else the task's small default for its embedded data. Beside ``pretrained`` a variant
-            name must match the checkpoint's architecture.
-        pretrained: a transformers-layout folder or Hub id (e.g. shi-labs/nat-mini-in1k-224), an
-            original SHI-Labs ``.pth`` read with ``model`` as its config, or one of our ``.ckpt``
-            files (its network only: a new run, unlike ``--ckpt_path``). A dense task also takes
-            a classification checkpoint of any of these kinds, for its backbone alone.
-        num_classes: classes of the head; None: the datamodule's (a new head where the
-            checkpoint's differs), or the checkpoint's head without a datamodule.
-        id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
-        preprocessing: the data settings (e.g. ``image_size``, ``crop_pct``, ``mean``, ``std``)
-            that the datamodule uses where it sets none itself; None: the pretrained folder's
-            preprocessor_config.json. Fit records the data's values here, so a checkpoint
-            evaluates with them.
-        attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
-            nat_lightning.ops).
-        drop_path_rate: stochastic depth rate; None keeps the model config's.
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
-        betas: AdamW betas.
-        layer_decay: layer-wise LR decay factor (e.g. 0.75 for fine-tuning); None disables it.
-        warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
-        warmup_steps: warmup length in optimizer steps; replaces warmup_epochs when given.
-        min_lr: learning rate at the end of the schedule.
-        rescale_schedule: on resume, size the schedule for this fit's length instead of the one
-            the checkpoint's run was sized for (a longer run otherwise stays at min_lr).
-        finetune: ``full``; ``linear_probe`` (backbone frozen); ``freeze_backbone`` until
-            ``unfreeze_at_epoch``.
-        unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
-        ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
-        compile: ``torch.compile`` the network.
+        """What every task takes; a subclass passes these on with ``**kwargs``.
+
+        Args:
+            model: the network (the backbone of a dense task): a variant name (``nat_mini``,
+                ``dinat_tiny``, ...), a NatConfig, or its dict. None: the pretrained checkpoint's,
+                else the task's small default for its embedded data. Beside ``pretrained`` a variant
+                name must match the checkpoint's architecture.
+            pretrained: a transformers-layout folder or Hub id (e.g. shi-labs/nat-mini-in1k-224), an
+                original SHI-Labs ``.pth`` read with ``model`` as its config, or one of our ``.ckpt``
+                files (its network only: a new run, unlike ``--ckpt_path``). A dense task also takes
+                a classification checkpoint of any of these kinds, for its backbone alone.
+            num_classes: classes of the head; None: the datamodule's (a new head where the
+                checkpoint's differs), or the checkpoint's head without a datamodule.
+            id2label: class names by id; None: the datamodule's. Kept in checkpoints and exports.
+            preprocessing: the data settings (e.g. ``image_size``, ``crop_pct``, ``mean``, ``std``)
+                that the datamodule uses where it sets none itself; None: the pretrained folder's
+                preprocessor_config.json. Fit records the data's values here, so a checkpoint
+                evaluates with them.
+            attention_backend: ``auto``, ``fused``, ``torch``, ``natten``, ``flex`` or ``reference`` (see
+                nat_lightning.ops).
+            drop_path_rate: stochastic depth rate; None keeps the model config's.
+            lr: peak learning rate of AdamW.
+            weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
+            betas: AdamW betas.
+            layer_decay: layer-wise LR decay factor (e.g. 0.75 for fine-tuning); None disables it.
+            warmup_epochs: linear warmup length in epochs of the training data (fractions allowed).
+            warmup_steps: warmup length in optimizer steps; replaces warmup_epochs when given.
+            min_lr: learning rate at the end of the schedule.
+            rescale_schedule: on resume, size the schedule for this fit's length instead of the one
+                the checkpoint's run was sized for (a longer run otherwise stays at min_lr).
+            finetune: ``full``; ``linear_probe`` (backbone frozen); ``freeze_backbone`` until
+                ``unfreeze_at_epoch``.
+            unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
+            ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
+            compile: ``torch.compile`` the network.
         """
         super().__init__()
         self.save_hyperparameters()  # this frame's arguments and the subclass's (its **kwargs)

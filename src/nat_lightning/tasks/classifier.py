@@ -64,19 +64,21 @@ class NatClassifier(NatTask):
         log_per_class: bool | None = None,
         **kwargs,
     ):
-        """Args:
-        label_smoothing: label smoothing of the cross-entropy.
-        mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
-        cutmix_alpha: Beta(alpha, alpha) of cutmix; 0 disables it.
-        mixup_prob: probability that a batch is mixed at all.
-        mixup_switch_prob: probability of cutmix rather than mixup when both are enabled.
-        predict_top_k: how many classes ``predict_step`` returns per image.
-        log_per_class: log each class's accuracy (``val/acc_class/<name>``); None: up to
-            PER_CLASS_LIMIT classes.
-        kwargs: the arguments every task takes (model, pretrained, num_classes, id2label,
-            preprocessing, attention_backend, drop_path_rate, lr, weight_decay, betas,
-            layer_decay, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune,
-            unfreeze_at_epoch, ema_decay, compile): see NatTask.
+        """An image classifier; the arguments every task takes are NatTask's.
+
+        Args:
+            label_smoothing: label smoothing of the cross-entropy.
+            mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
+            cutmix_alpha: Beta(alpha, alpha) of cutmix; 0 disables it.
+            mixup_prob: probability that a batch is mixed at all.
+            mixup_switch_prob: probability of cutmix rather than mixup when both are enabled.
+            predict_top_k: how many classes ``predict_step`` returns per image.
+            log_per_class: log each class's accuracy (``val/acc_class/<name>``); None: up to
+                PER_CLASS_LIMIT classes.
+            kwargs: the arguments every task takes (model, pretrained, num_classes, id2label,
+                preprocessing, attention_backend, drop_path_rate, lr, weight_decay, betas,
+                layer_decay, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune,
+                unfreeze_at_epoch, ema_decay, compile): see NatTask.
         """
         super().__init__(**kwargs)
 

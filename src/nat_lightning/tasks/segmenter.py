@@ -79,39 +79,41 @@ class NatSegmenter(NatTask):
         flip: bool = False,
         **kwargs,
     ):
-        """Args:
-        dilations: DiNAT's dilation of every block, per stage, replacing the model's and the
-            pretrained checkpoint's (weights do not depend on it): the segmentation recipes use
-            larger ones for 512 px crops than the 224 px classifiers they start from.
-        hidden_size: channels of the decode head; None: the pretrained UperNet's, else 512 (64
-            for the default tiny model). So are the other head sizes below (None: theirs, else
-            UperNetConfig's defaults).
-        pool_scales: output sizes of the decode head's pyramid pooling (1, 2, 3, 6).
-        use_auxiliary_head: train an FCN head on stage 3 as well (True).
-        auxiliary_weight: weight of the auxiliary head's loss (0.4).
-        auxiliary_channels: channels of the auxiliary head (256; 32 for the default tiny model).
-        auxiliary_num_convs: 3x3 conv blocks of the auxiliary head (1).
-        auxiliary_concat_input: auxiliary head: concat its input before the classifier (False).
-        lr: peak learning rate of AdamW; None: PAPER_LR (6e-5) with pretrained weights, else
-            SCRATCH_LR (1e-3).
-        weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
-        backbone_lr_mult: the backbone's LR relative to the heads' (e.g. 0.1).
-        min_lr: learning rate at the end of the poly schedule.
-        poly_power: power of the poly decay (1.0: linear).
-        sync_batchnorm: under several GPU processes, normalise the heads' BatchNorms with the
-            statistics of the global batch (SyncBatchNorm); Trainer(sync_batchnorm=True) is not
-            needed. CPU processes cannot sync them (torch supports GPUs only) and keep their own.
-        inference: ``whole`` image, or ``slide``: windows of ``window_size`` every ``window_stride``
-            pixels, their logits averaged where they overlap (mmseg's slide_inference).
-        window_size: window side for ``slide``; None: the datamodule's crop_size.
-        window_stride: window step for ``slide``; None: two thirds of window_size (mmseg's 341
-            for 512).
-        scales: test-time scales; several, or ``flip``, average the views' softmax.
-        flip: add horizontally flipped views at test time.
-        kwargs: the arguments every task takes (model: the backbone; pretrained, num_classes,
-            id2label, preprocessing: ``mean`` and ``std``, attention_backend, drop_path_rate,
-            betas, layer_decay, warmup_epochs, warmup_steps: the recipes' 1500,
-            rescale_schedule, finetune, unfreeze_at_epoch, ema_decay, compile): see NatTask.
+        """UPerNet semantic segmentation; the arguments every task takes are NatTask's.
+
+        Args:
+            dilations: DiNAT's dilation of every block, per stage, replacing the model's and the
+                pretrained checkpoint's (weights do not depend on it): the segmentation recipes use
+                larger ones for 512 px crops than the 224 px classifiers they start from.
+            hidden_size: channels of the decode head; None: the pretrained UperNet's, else 512 (64
+                for the default tiny model). So are the other head sizes below (None: theirs, else
+                UperNetConfig's defaults).
+            pool_scales: output sizes of the decode head's pyramid pooling (1, 2, 3, 6).
+            use_auxiliary_head: train an FCN head on stage 3 as well (True).
+            auxiliary_weight: weight of the auxiliary head's loss (0.4).
+            auxiliary_channels: channels of the auxiliary head (256; 32 for the default tiny model).
+            auxiliary_num_convs: 3x3 conv blocks of the auxiliary head (1).
+            auxiliary_concat_input: auxiliary head: concat its input before the classifier (False).
+            lr: peak learning rate of AdamW; None: PAPER_LR (6e-5) with pretrained weights, else
+                SCRATCH_LR (1e-3).
+            weight_decay: AdamW weight decay (not on norms, biases, rpb and layer scales).
+            backbone_lr_mult: the backbone's LR relative to the heads' (e.g. 0.1).
+            min_lr: learning rate at the end of the poly schedule.
+            poly_power: power of the poly decay (1.0: linear).
+            sync_batchnorm: under several GPU processes, normalise the heads' BatchNorms with the
+                statistics of the global batch (SyncBatchNorm); Trainer(sync_batchnorm=True) is not
+                needed. CPU processes cannot sync them (torch supports GPUs only) and keep their own.
+            inference: ``whole`` image, or ``slide``: windows of ``window_size`` every ``window_stride``
+                pixels, their logits averaged where they overlap (mmseg's slide_inference).
+            window_size: window side for ``slide``; None: the datamodule's crop_size.
+            window_stride: window step for ``slide``; None: two thirds of window_size (mmseg's 341
+                for 512).
+            scales: test-time scales; several, or ``flip``, average the views' softmax.
+            flip: add horizontally flipped views at test time.
+            kwargs: the arguments every task takes (model: the backbone; pretrained, num_classes,
+                id2label, preprocessing: ``mean`` and ``std``, attention_backend, drop_path_rate,
+                betas, layer_decay, warmup_epochs, warmup_steps: the recipes' 1500,
+                rescale_schedule, finetune, unfreeze_at_epoch, ema_decay, compile): see NatTask.
         """
         super().__init__(lr=lr, weight_decay=weight_decay, min_lr=min_lr, **kwargs)
         if lr is None:
@@ -323,11 +325,3 @@ class NatSegmenter(NatTask):
     def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
         hp = self.hparams
         return warmup_poly(optimizer, warmup_steps, total_steps, hp.min_lr / hp.lr, hp.poly_power)
-
-    # -- the embedded default data, used only when no data at all is given --------------------
-
-    def _default_datamodule(self):
-        """The embedded shapes, when fit gets no data at all."""
-        from ..data.shapes import shapes_datamodule
-
-        return shapes_datamodule()
