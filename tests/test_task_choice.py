@@ -57,7 +57,7 @@ def test_a_task_states_what_the_cli_and_export_need():
     """The contract is code: a task without its class attributes cannot be defined, and one
     without the abstract methods cannot be built."""
     methods = ("backbone", "backbone_config", "_build_network", "_use_network", "_adopt_classes",
-               "_training_loss", "_evaluate",
+               "_training_loss", "_evaluate", "_predict",
                "_log_epoch_metrics", "_param_groups", "_lr_scheduler", "_training_flops",
                "preprocessor_config", "export_image_size")
     assert NatTask.__abstractmethods__ == set(methods)

@@ -32,6 +32,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..batch import IDS, PIXEL_VALUES
 from ..callbacks.finetuning import BackboneFreeze
 from ..callbacks.rng_state import RNGState
 from ..callbacks.skipped_images import SkippedImagesReport
@@ -212,6 +213,15 @@ class NatTask(L.LightningModule, abc.ABC):
     def test_step(self, batch, batch_idx):
         self._evaluate("test", batch)
 
+    def predict_step(self, batch, batch_idx):
+        """What the prediction writers write: ``ids`` (every input of the batch, in order),
+        ``errors`` (None, or why an input has no prediction: it could not be decoded) and the
+        task's predictions of the decoded inputs, in order (``_predict``)."""
+        ids = batch.get(IDS, list(range(len(batch[PIXEL_VALUES]))))
+        decoded = batch.get("decoded", [True] * len(ids))
+        errors = [None if ok else "undecodable image" for ok in decoded]
+        return {IDS: ids, "errors": errors, **self._predict(batch)}
+
     def on_validation_epoch_end(self):
         self._log_epoch_metrics("val")
 
@@ -328,6 +338,10 @@ class NatTask(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def _log_epoch_metrics(self, stage: str) -> None:
         """Compute, log and reset ``stage``'s metrics at the end of its epoch."""
+
+    @abc.abstractmethod
+    def _predict(self, batch) -> dict:
+        """The predictions of a batch's decoded images, for the task's prediction writer."""
 
     @abc.abstractmethod
     def _param_groups(self) -> list[dict]:

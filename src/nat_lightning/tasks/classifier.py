@@ -259,11 +259,9 @@ class NatClassifier(NatTask):
         )
         return total / (labels != IGNORE_LABEL).sum().clamp(min=1)
 
-    def predict_step(self, batch, batch_idx):
-        """Top-k class ids, label names and probabilities of every decoded image, and an error
-        for every input that could not be decoded (``decoded`` False)."""
-        ids = batch.get("ids", list(range(len(batch["pixel_values"]))))
-        decoded = batch.get("decoded", [True] * len(ids))
+    def _predict(self, batch) -> dict:
+        """Top-k class ids (``top_ids``), label names (``top_labels``) and probabilities
+        (``top_probs``) of every decoded image."""
         k = min(self.hparams.predict_top_k, self.num_classes)
         if len(batch["pixel_values"]):
             probs = self(batch["pixel_values"]).float().softmax(-1)
@@ -271,8 +269,6 @@ class NatClassifier(NatTask):
         else:
             top_probs, top_ids = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
         return {
-            "ids": ids,
-            "errors": [None if ok else "undecodable image" for ok in decoded],
             "top_ids": top_ids.cpu(),
             "top_labels": [[self.id2label.get(i, str(i)) for i in row] for row in top_ids.tolist()],
             "top_probs": top_probs.cpu(),

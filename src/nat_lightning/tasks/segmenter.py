@@ -286,18 +286,12 @@ class NatSegmenter(NatTask):
             )
         return True
 
-    def predict_step(self, batch, batch_idx):
-        """Label maps of every decoded image at its original size, and an error for every input
-        that could not be decoded (``decoded`` False).
-
-        Returns ``ids`` (every input, in order), ``errors`` (None or a reason per id) and
-        ``masks``: one (h, w) tensor of class ids per id without an error, in order (uint8 up
-        to 256 classes, else int32). Each image's scores are cropped to its ``content``,
-        resized bilinearly to its ``sizes`` (as mmseg resizes logits), then arg-maxed.
+    def _predict(self, batch) -> dict:
+        """``masks``: one (h, w) tensor of class ids per decoded image, in order (uint8 up to
+        256 classes, else int32). Each image's scores are cropped to its ``content``, resized
+        bilinearly to its ``sizes`` (as mmseg resizes logits), then arg-maxed.
         """
         images = batch["pixel_values"]
-        ids = batch.get("ids", list(range(len(images))))
-        decoded = batch.get("decoded", [True] * len(ids))
         dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
         masks = []
         if len(images):
@@ -309,11 +303,7 @@ class NatSegmenter(NatTask):
                 if (h, w) != (ch, cw):
                     score = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)
                 masks.append(score[0].argmax(0).to(dtype).cpu())
-        return {
-            "ids": ids,
-            "errors": [None if ok else "undecodable image" for ok in decoded],
-            "masks": masks,
-        }
+        return {"masks": masks}
 
     # -- optimisation --------------------------------------------------------------------------
 
