@@ -47,7 +47,7 @@ from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
 from .files import read_lightning_checkpoint
 
-DEFAULT_ROOT = "runs/nat"
+DEFAULT_ROOT = runs.DEFAULT_ROOT
 # Lightning's DDP launcher re-runs this command line in child processes; they inherit rank 0's
 # run folder through this variable instead of creating their own (plumbing, not a user switch).
 _RUN_ENV = "NAT_LIGHTNING_RUN_DIR"
@@ -290,6 +290,11 @@ def _run(argv: list[str] | None, args: list[str]) -> None:
     )  # Lightning on torch 2.13
     if args and args[0] == "export":
         return export_main(args[1:])
+    if args and args[0] == "cross_validate":
+        from .cross_validation import cross_validate
+
+        cross_validate(args[1:])
+        return None
     try:
         NatLightningCLI(
             L.LightningModule,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .files import read_lightning_checkpoint
 
+DEFAULT_ROOT = "runs/nat"  # default_root_dir when neither a config nor the command line sets one
 LAST = "last.ckpt"  # rewritten after every epoch (callbacks.checkpoints.LastCheckpoint)
 ON_EXCEPTION = "on_exception.ckpt"  # written when a fit that has trained stops on an exception
 _VERSION = re.compile(r"^version_(\d+)$")

@@ -99,6 +99,21 @@ def chosen_classes(args: list[str]) -> tuple[str, str | None]:
     return model or ckpt_model or DEFAULT_TASK, data
 
 
+def chosen_value(args: list[str], key: str):
+    """The value ``args`` give a dotted ``key`` (``trainer.default_root_dir``): the last of the
+    ``--config`` files' and ``--key value`` flags, as LightningCLI reads them; None if none."""
+    found = None
+    for flag, value in _flag_values(args):
+        if flag == "--config":
+            section = _read_yaml(value)
+            for part in key.split("."):
+                section = section.get(part) if isinstance(section, dict) else None
+            found = section if section is not None else found
+        elif flag == f"--{key}":
+            found = yaml.safe_load(value)
+    return found
+
+
 def _flag_values(args: list[str]):
     """(flag, value) for ``--flag value`` and ``--flag=value``."""
     for i, arg in enumerate(args):

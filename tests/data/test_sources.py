@@ -211,3 +211,27 @@ def test_image_files_from_folders_and_lists(imagefolder):
     (imagefolder / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no image files"):
         image_files(str(imagefolder / "empty"))
+
+
+def test_folds_are_disjoint_cover_the_split_and_keep_class_shares():
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from nat_lightning.data.sources import Split, carve_fold
+
+    labels = [0] * 10 + [1] * 7 + [2] * 3  # 20 rows, unbalanced
+    data = Dataset.from_dict({"i": list(range(20)), "label": labels},
+                             features=Features({"i": Value("int64"), "label": ClassLabel(names=["a", "b", "c"])}))
+    train = Split("train", data, 20)
+    parts = [carve_fold(train, 4, k, seed=3, label_column="label", dataset="toy") for k in range(4)]
+    vals = [sorted(val.data["i"]) for _, val in parts]
+    assert sorted(i for v in vals for i in v) == list(range(20))  # disjoint and covering
+    for (fit, val), v in zip(parts, vals):
+        assert sorted(fit.data["i"]) == sorted(set(range(20)) - set(v)) and val.size == len(v)
+        counts = [sum(1 for i in v if labels[i] == c) for c in range(3)]
+        assert all(abs(n - total / 4) < 1 for n, total in zip(counts, (10, 7, 3)))  # stratified
+    again = carve_fold(train, 4, 2, seed=3, label_column="label", dataset="toy")
+    assert sorted(again[1].data["i"]) == vals[2]  # deterministic for a seed
+    other = carve_fold(train, 4, 2, seed=4, label_column="label", dataset="toy")
+    assert sorted(other[1].data["i"]) != vals[2]
+    with pytest.raises(ValueError, match="folds=30: .* has only 20 examples"):
+        carve_fold(train, 30, 0, seed=0, label_column="label", dataset="toy")

@@ -27,6 +27,7 @@ from .sharding import eval_sampler
 from .sources import (
     Split,
     Splits,
+    carve_fold,
     carve_validation,
     describe,
     hub_features,
@@ -124,6 +125,8 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
         predict_paths: str | list[str] | None = None,
         cache_dir: str | None = None,
         max_skipped_fraction: float = 0.5,
+        folds: int | None = None,
+        fold: int = 0,
     ):
         """The arguments every data module takes; a subclass passes them on (``**kwargs``).
 
@@ -165,6 +168,11 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
             max_skipped_fraction: a stage's epoch (train, validate, test, predict) whose share of
                 undecodable examples exceeds this stops the run with an error naming them (a wrong
                 root, a missing codec); 1.0 never stops.
+            folds: K-fold cross-validation: the training split is dealt into ``folds`` parts
+                (seeded by ``seed``, stratified by class where labels are classes) and part
+                ``fold`` validates, in place of ``val_split``; None: no folds.
+                ``nat-lightning cross_validate --folds K ...`` runs every fold.
+            fold: the part that validates, 0 <= fold < folds.
         """
         super().__init__()
         # this frame's arguments and the subclass's (its **kwargs); an in-memory dataset has no
@@ -172,6 +180,11 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
         self.save_hyperparameters(ignore=["dataset"])
         hp = self.hparams
         check_arguments(hp, self.RANGES)
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise ValueError(
+                f"folds={folds}, fold={fold}: expected folds >= 2 and 0 <= fold < folds "
+                f"(fold {fold} of folds {folds} does not exist)"
+            )
         in_memory = not (dataset is None or isinstance(dataset, (str, list)))
         hp["dataset"] = describe(dataset) if in_memory else dataset
         self.dataset = self.EMBEDDED_DATASET if dataset is None else dataset
@@ -297,7 +310,11 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
         hp, available = self.hparams, self.all_splits
         train = pick_split(available, hp.train_split, self.dataset, "train_split")
         roles = {"train": train}
-        if hp.val_split is not None and hp.val_split in available:
+        if hp.folds is not None:  # cross-validation: a part of train validates, not val_split
+            roles["train"], roles["val"] = carve_fold(
+                train, hp.folds, hp.fold, hp.seed, self._stratify_column(), self.dataset
+            )
+        elif hp.val_split is not None and hp.val_split in available:
             roles["val"] = pick_split(available, hp.val_split, self.dataset, "val_split")
         elif hp.val_split is not None:
             log.info(

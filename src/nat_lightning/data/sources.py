@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
@@ -227,6 +228,49 @@ def carve_validation(
     return (
         Split(f"{train.name} minus val_fraction={fraction}", parts["train"], train.size - n_val),
         Split(f"val_fraction={fraction} of {train.name}", parts["test"], n_val),
+    )
+
+
+def carve_fold(
+    train: Split, folds: int, fold: int, seed: int, label_column: str | None, dataset: Source
+) -> tuple[Split, Split]:
+    """(train, val) for fold ``fold`` of ``folds``-fold cross-validation: the rows are dealt into
+    ``folds`` parts, class by class (a ClassLabel column) in a seeded order, so every part holds
+    each class in proportion (to one row); part ``fold`` validates, the others train. The same
+    ``seed`` gives the same parts for every ``fold``: the K validation parts are disjoint and
+    cover the split."""
+    if not isinstance(train.data, Dataset):
+        raise ValueError(  # noqa: TRY004 - a setting to change, not a wrong type
+            f"folds={folds}: dataset {describe(dataset)} is streamed, and folds cannot be dealt "
+            "from a stream without reading all of it; use streaming=False"
+        )
+    if train.size < folds:
+        raise ValueError(
+            f"folds={folds}: train_split={train.name!r} of dataset {describe(dataset)} has only "
+            f"{train.size} examples; expected at least one per fold"
+        )
+    rng = np.random.default_rng(seed)
+    feature = train.data.features.get(label_column) if label_column else None
+    if isinstance(feature, ClassLabel):
+        labels = np.asarray(train.data[label_column])
+        order = np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+        )
+    else:
+        order = rng.permutation(train.size)
+    # deal the ordered rows round-robin, starting each class where the last one ended
+    part = np.empty(train.size, dtype=np.int64)
+    part[order] = np.arange(train.size) % folds
+    val_rows, train_rows = np.flatnonzero(part == fold), np.flatnonzero(part != fold)
+    return (
+        Split(
+            f"{train.name} minus fold {fold} of {folds}",
+            train.data.select(train_rows),
+            len(train_rows),
+        ),
+        Split(
+            f"fold {fold} of {folds} of {train.name}", train.data.select(val_rows), len(val_rows)
+        ),
     )
 
 
