@@ -1,5 +1,6 @@
 """Reading weights without running pickled code; atomic writes."""
 
+import os
 import stat
 from pathlib import Path
 
@@ -60,3 +61,24 @@ def test_write_atomically(tmp_path):
     write_atomically(target, lambda tmp: Path(tmp).write_text("new"))
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_a_checkpoint_is_read_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """Task choice, the CLI's --ckpt_path defaults and --ckpt_path last each ask the one reader;
+    the file is read from disk once, and again only when it changes."""
+    from nat_lightning import files
+    from nat_lightning.runs import trained_steps
+    from nat_lightning.task_choice import checkpoint_class
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3, "hyper_parameters": {"_class_path": "nat_lightning.NatSegmenter"}}, path)
+    reads = []
+    real = files.read_weights_only
+    monkeypatch.setattr(files, "read_weights_only", lambda p: reads.append(p) or real(p))
+    assert checkpoint_class(str(path)) == "nat_lightning.NatSegmenter"
+    assert trained_steps(path) == 3
+    assert files.read_lightning_checkpoint(path)["global_step"] == 3
+    assert len(reads) == 1
+    torch.save({"global_step": 4}, path)
+    os.utime(path, ns=(1, 1))  # a new mtime, as a rewrite has
+    assert files.read_lightning_checkpoint(path)["global_step"] == 4 and len(reads) == 2
