@@ -62,6 +62,9 @@ class NatTask(L.LightningModule, abc.ABC):
     data_class: ClassVar[str]  # class path of its default data module (``--data.*``)
     writer_class: ClassVar[str]  # class path of predict's writer callback (``--prediction.*``)
     card: ClassVar[ModelCard]  # what an exported folder's README says of the task
+    # what validation_step returns for callbacks.pictures.ValidationPictures: "classes" (logits,
+    # labels), "masks" (masks, labels); None: nothing to draw
+    pictures: ClassVar[str | None] = None
     _DECLARED = ("monitor", "checkpoint_filename", "data_class", "writer_class", "card")
 
     # the datamodule attributes recorded as ``preprocessing`` (all of them, or none)
@@ -208,10 +211,10 @@ class NatTask(L.LightningModule, abc.ABC):
         return self._training_loss(batch)
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate("val", batch)
+        return self._evaluate("val", batch)  # (for on_validation_batch_end: ValidationPictures)
 
     def test_step(self, batch, batch_idx):
-        self._evaluate("test", batch)
+        return self._evaluate("test", batch)
 
     def predict_step(self, batch, batch_idx):
         """What the prediction writers write: ``ids`` (every input of the batch, in order),
@@ -332,8 +335,9 @@ class NatTask(L.LightningModule, abc.ABC):
         """The loss of a training batch (logging its metrics)."""
 
     @abc.abstractmethod
-    def _evaluate(self, stage: str, batch) -> None:
-        """Update ``stage``'s (val, test) metrics with a batch."""
+    def _evaluate(self, stage: str, batch) -> dict | None:
+        """Update ``stage``'s (val, test) metrics with a batch; return what ``pictures`` says
+        (its predictions and labels, computed here once), or None."""
 
     @abc.abstractmethod
     def _log_epoch_metrics(self, stage: str) -> None:

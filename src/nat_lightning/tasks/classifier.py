@@ -44,6 +44,7 @@ class NatClassifier(NatTask):
     checkpoint_filename = "epoch{epoch:03d}-acc{val/acc1:.4f}"
     data_class = "nat_lightning.HFImageDataModule"
     writer_class = "nat_lightning.callbacks.prediction_writer.PredictionWriter"
+    pictures = "classes"  # validation_step returns logits and labels
     card = ModelCard(
         embedded="the embedded 8x8 digits",
         tags="image-classification",
@@ -213,7 +214,7 @@ class NatClassifier(NatTask):
         )
         return loss
 
-    def _evaluate(self, stage: str, batch) -> None:
+    def _evaluate(self, stage: str, batch) -> dict:
         """Logs the same metrics on every rank and batch, a batch of undecodable images
         included, so that every rank computes, and gathers, the same metrics at the epoch's end."""
         labels = batch["labels"]
@@ -236,6 +237,7 @@ class NatClassifier(NatTask):
                     prog_bar=stage == "val" and name in ("loss", "acc1"),
                     batch_size=len(labels),
                 )
+        return {"logits": logits.detach(), "labels": labels}  # for ValidationPictures
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")

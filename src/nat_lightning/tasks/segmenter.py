@@ -44,6 +44,7 @@ class NatSegmenter(NatTask):
     checkpoint_filename = "epoch{epoch:03d}-miou{val/miou:.4f}"
     data_class = "nat_lightning.HFSegmentationDataModule"
     writer_class = "nat_lightning.callbacks.mask_writer.MaskWriter"
+    pictures = "masks"  # validation_step returns predicted masks and labels
     card = ModelCard(
         embedded="the embedded shapes",
         tags="image-segmentation, semantic-segmentation, upernet",
@@ -232,7 +233,7 @@ class NatSegmenter(NatTask):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["labels"]))
         return out.loss
 
-    def _evaluate(self, stage: str, batch) -> None:
+    def _evaluate(self, stage: str, batch) -> dict:
         """Logs the loss on every rank and batch, a batch of undecodable images included, so
         that every rank gathers the same at the epoch's end."""
         images, labels = batch["pixel_values"], batch["labels"]
@@ -240,14 +241,16 @@ class NatSegmenter(NatTask):
         if len(images):
             scores = self.infer(images)
             loss = F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-            getattr(self, f"{stage}_metrics").update(scores.argmax(1), labels)
+            masks = scores.argmax(1)
+            getattr(self, f"{stage}_metrics").update(masks, labels)
         else:
-            loss = labelled.float()  # 0
+            loss, masks = labelled.float(), labels  # 0, and no image
         # a mean over the labelled pixels of all ranks, weighted exactly
         self.losses[stage].update(loss / labelled.clamp(min=1), weight=labelled)
         self.log(
             f"{stage}/loss", self.losses[stage], prog_bar=stage == "val", batch_size=len(images)
         )
+        return {"masks": masks, "labels": labels}  # for ValidationPictures
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
