@@ -43,6 +43,7 @@ from .callbacks.checkpoints import (
     ExceptionCheckpoint,
     LastCheckpoint,
 )
+from .callbacks.pictures import ValidationPictures
 from .callbacks.preemption import StopAllRanksOnSigterm
 from .callbacks.throughput import ImageThroughputMonitor
 from .files import read_lightning_checkpoint
@@ -128,6 +129,8 @@ class NatLightningCLI(LightningCLI):
                 }
             )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        # a confusion matrix and samples, or overlays, after each validation: <run>/pictures/
+        parser.add_lightning_class_args(ValidationPictures, "pictures")
         # predict's outputs: a CSV of classes, or mask PNGs and their index for the segmenter
         task = self._task or task_choice.task_of(task_choice.DEFAULT_TASK)
         parser.add_lightning_class_args(task_choice.import_class(task.writer_class), "prediction")
