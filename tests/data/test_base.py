@@ -35,7 +35,7 @@ def test_a_data_module_declares_its_own_arguments_and_passes_the_rest_on(cls):
     params = inspect.signature(cls.__init__).parameters
     assert any(p.kind is p.VAR_KEYWORD for p in params.values())
     own = own_arguments(cls)
-    assert len(SHARED) == 22 and len(own) <= 14, own  # 9 for images, 14 for segmentation
+    assert len(SHARED) == 25 and len(own) <= 14, own  # 9 for images, 14 for segmentation
     assert set(own) & set(SHARED) == REDECLARED[cls]
     assert init_arguments(cls) == own + [n for n in SHARED if n not in own]
 

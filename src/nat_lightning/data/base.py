@@ -14,7 +14,7 @@ import abc
 import logging
 import os
 from functools import cached_property
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict, Features, Image
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Sampler
 
+from .balanced import BalancedSampler
 from .images import ImageExamples, SkipTally
 from .sharding import eval_sampler
 from .sources import (
@@ -112,6 +113,7 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
         image_column: str | None = None,
         streaming: bool = False,
         shuffle_buffer: int = 1000,
+        sampler: Literal["random", "balanced"] = "random",
         hflip: float = 0.5,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
@@ -146,6 +148,10 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
             streaming: read an IterableDataset (shuffle buffer, DDP/worker shards) instead of
                 map-style.
             shuffle_buffer: examples in the streaming shuffle buffer.
+            sampler: how training draws examples: ``random`` (shuffled, or a stream's shuffle
+                buffer); ``balanced``: every class equally often, drawn with replacement, seeded by
+                seed + epoch, an equal share per DDP rank (map-style classification data; see
+                data.balanced).
             hflip: probability of a horizontal flip.
             mean: normalisation mean (RGB, 0..1 scale); None: the preprocessor_config's, else the
                 LightningModule's, else ImageNet's.
@@ -180,6 +186,12 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
         self.save_hyperparameters(ignore=["dataset"])
         hp = self.hparams
         check_arguments(hp, self.RANGES)
+        if sampler == "balanced" and streaming:
+            raise ValueError(
+                "sampler='balanced' with streaming=True: a stream is read in order through a "
+                "shuffle buffer and cannot draw by class; use streaming=False, or sampler='random' "
+                "with the model's class_weights"
+            )
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
             raise ValueError(
                 f"folds={folds}, fold={fold}: expected folds >= 2 and 0 <= fold < folds "
@@ -475,14 +487,42 @@ class HFDataModule(L.LightningDataModule, abc.ABC):
         """Training shuffles (under DDP Lightning puts in its DistributedSampler); evaluation reads
         this rank's share of the split, no row repeated (nat_lightning.data.sharding)."""
         train = role == "train"
-        sampler = None if train else self._eval_sampler(examples, role)
+        sampler = self._train_sampler() if train else self._eval_sampler(examples, role)
         return DataLoader(
             examples,
-            shuffle=train,
+            shuffle=train and sampler is None,
             sampler=sampler,
             collate_fn=self._collate(role),
             **self._loader_args(),
         )
+
+    def _train_sampler(self) -> BalancedSampler | None:
+        """None (shuffled by the loader) unless ``sampler='balanced'``."""
+        if self.hparams.sampler != "balanced":
+            return None
+        rank, world = self._rank_and_world()
+        return BalancedSampler(self.train_classes(), world, rank, self.hparams.seed)
+
+    def train_classes(self):
+        """The class id of every training example, in row order (below 0: no label), for
+        ``sampler='balanced'``; a data module whose examples have no single class refuses it."""
+        raise ValueError(
+            f"sampler='balanced' draws examples by their class, and {type(self).__name__}'s "
+            "examples have no single class; use sampler='random' and the model's class_weights"
+        )
+
+    def _training_rows(self, counted: str) -> Dataset:
+        """The training split's rows, to count its ``counted`` (labels, pixels) before training;
+        a ValueError for a Hub stream, which is not read ahead."""
+        split = self._split("train")
+        if not isinstance(split.data, Dataset):
+            raise ValueError(  # noqa: TRY004 - a setting to change, not a wrong type
+                f"the training split {split.name!r} of dataset {describe(self.dataset)} is a stream "
+                f"(a Hub dataset with streaming=True), which is not read ahead to count its "
+                f"{counted}: give the model's class_weights as a list of one weight per class (not "
+                "auto), or use streaming=False"
+            )
+        return split.data
 
     def _eval_sampler(self, examples: ImageExamples, role: str) -> Sampler | None:
         """This rank's share of an evaluation split, no row repeated; None on one process."""

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Image
 
@@ -161,6 +162,22 @@ class HFImageDataModule(HFDataModule):
 
     def _stratify_column(self) -> str | None:
         return self.columns.label
+
+    # -- the training labels, read without decoding an image ----------------------------------
+
+    def train_classes(self) -> np.ndarray:
+        """The class id of every training example, in row order, read from the label column alone
+        (IGNORE_LABEL for a row without a class), for ``sampler='balanced'`` and
+        ``label_counts``. A Hub stream is not read ahead: a ValueError."""
+        rows, column = self._training_rows("labels"), self.columns.label
+        label = ExampleDecoder(self.columns, None, False).label
+        values = rows.select_columns([column])[column]  # no image column read
+        return np.array([label({column: v}) for v in values], dtype=np.int64)
+
+    def label_counts(self) -> list[int]:
+        """Training examples per class, in class id order (for ``class_weights=auto``)."""
+        ids = self.train_classes()
+        return np.bincount(ids[ids >= 0], minlength=self.num_classes).tolist()
 
     def _kept_columns(self) -> tuple[list[str | None], list[str]]:
         return [self.columns.image, self.columns.label], [self.columns.image]

@@ -167,9 +167,16 @@ def count_labelled(rows: Dataset, decoder: PairDecoder, indices: list[int]) -> t
     """(masks decoded, their labelled pixels) of ``rows[indices]`` as ``decoder`` reads them:
     reduced, mapped and checked (raising what it raises). Masks that cannot be decoded, or that
     a row lacks, are not counted (the loaders count the former)."""
+    read, pixels = class_pixels(rows, decoder, indices)
+    return read, int(pixels.sum())
+
+
+def class_pixels(rows: Dataset, decoder: PairDecoder, indices: list[int]) -> tuple[int, np.ndarray]:
+    """(masks decoded, labelled pixels per class of ``decoder.columns.names``) of
+    ``rows[indices]``, read as ``count_labelled`` reads them."""
     image, mask = decoder.columns.image, decoder.columns.mask
     kept = [c for c in (image, mask) if c in rows.column_names]
-    read = labelled = 0
+    read, pixels = 0, np.zeros(len(decoder.columns.names), dtype=np.int64)
     for index, row in zip(indices, rows.select_columns(kept).select(indices)):
         value = row.get(mask)
         if value is None:
@@ -177,8 +184,9 @@ def count_labelled(rows: Dataset, decoder: PairDecoder, indices: list[int]) -> t
         ids = decoder.labels(value, decoder.name(row.get(image), value, index))
         if ids is not None:
             read += 1
-            labelled += int(np.count_nonzero(ids != IGNORE_PIXEL))
-    return read, labelled
+            labelled = ids[ids != IGNORE_PIXEL].astype(np.int64)
+            pixels += np.bincount(labelled, minlength=len(pixels))[: len(pixels)]
+    return read, pixels
 
 
 class PairCollate:

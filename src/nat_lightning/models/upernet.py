@@ -129,7 +129,10 @@ class FCNHead(nn.Module):
 
 
 def segmentation_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy averaged over the labelled pixels; 0 (not NaN) when none is labelled.
 
@@ -137,9 +140,18 @@ def segmentation_loss(
         logits: (B, num_labels, H, W).
         labels: (B, H, W) class ids; ``ignore_index`` marks unlabelled pixels.
         ignore_index: the label value to ignore.
+        class_weights: (num_labels,) weights of the classes: each pixel's loss counts its class's
+            weight, and the sum is divided by the labelled pixels' weights (PyTorch's weighted
+            mean). None: every class 1.
     """
-    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
-    return total / (labels != ignore_index).sum().clamp(min=1)
+    total = F.cross_entropy(
+        logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum"
+    )
+    labelled = labels != ignore_index
+    if class_weights is None:
+        return total / labelled.sum().clamp(min=1)
+    weights = class_weights.to(logits.dtype)[torch.where(labelled, labels, 0)] * labelled
+    return total / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -191,9 +203,13 @@ class NatForSemanticSegmentation(nn.Module):
         self.backbone.set_attention_backend(backend)
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        class_weights: torch.Tensor | None = None,
     ) -> SemanticSegmenterOutput:
-        """Logits at the input's size, and the loss when ``labels`` (B, H, W) are given.
+        """Logits at the input's size, and the loss when ``labels`` (B, H, W) are given, its
+        cross-entropies weighted by ``class_weights`` (num_labels,) when given.
 
         The auxiliary head runs only with labels or in training: inference does not need it.
         """
@@ -212,10 +228,10 @@ class NatForSemanticSegmentation(nn.Module):
         loss = None
         if labels is not None:
             ignore = self.config.loss_ignore_index
-            loss = segmentation_loss(logits, labels, ignore)
+            loss = segmentation_loss(logits, labels, ignore, class_weights)
             if auxiliary is not None:
                 weight = self.config.auxiliary_loss_weight
-                loss = loss + weight * segmentation_loss(auxiliary, labels, ignore)
+                loss = loss + weight * segmentation_loss(auxiliary, labels, ignore, class_weights)
         return SemanticSegmenterOutput(loss=loss, logits=logits, auxiliary_logits=auxiliary)
 
     # -- checkpoints: transformers' UperNet folders, classification backbones ---------------------

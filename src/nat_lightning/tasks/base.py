@@ -37,6 +37,7 @@ from ..callbacks.finetuning import BackboneFreeze
 from ..callbacks.rng_state import RNGState
 from ..callbacks.skipped_images import SkippedImagesReport
 from ..models import NatConfig
+from .class_weights import check_class_weights, counted_class_weights, given_weights
 from .network import pretrained_preprocessing
 from .optim import schedule_length
 
@@ -103,6 +104,7 @@ class NatTask(L.LightningModule, abc.ABC):
         unfreeze_at_epoch: int = 1,
         ema_decay: float | None = None,
         compile: bool = False,
+        class_weights: str | list[float] | None = None,
     ):
         """What every task takes; a subclass passes these on with ``**kwargs``.
 
@@ -139,6 +141,10 @@ class NatTask(L.LightningModule, abc.ABC):
             unfreeze_at_epoch: epoch at which ``freeze_backbone`` thaws the backbone.
             ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging) and validate on it.
             compile: ``torch.compile`` the network.
+            class_weights: weights of the classes in the training loss, against class imbalance:
+                ``auto`` (inverse frequency in the training split, counted at fit), ``none``, or
+                one weight per class (see tasks.class_weights). Validation and test losses stay
+                unweighted, comparable across runs.
         """
         super().__init__()
         self.save_hyperparameters()  # this frame's arguments and the subclass's (its **kwargs)
@@ -146,6 +152,7 @@ class NatTask(L.LightningModule, abc.ABC):
         self.preprocessing = preprocessing or pretrained_preprocessing(pretrained)
         self._classes_from_data = num_classes is None and id2label is None
         self._use_network(self.network)
+        self.register_buffer("class_weights", self._initial_class_weights())
         self._init_task()
 
     def _init_task(self) -> None:
@@ -183,12 +190,44 @@ class NatTask(L.LightningModule, abc.ABC):
                 f"no num_classes and no datamodule to take them from: the head has "
                 f"{self.num_classes} classes; pass num_classes= (and id2label=)"
             )
+        self._configure_class_weights(data, stage)
         self._configure_network(data)
         if self.hparams.compile and not getattr(self.network, "_compiled_call_impl", None):
             self.network.compile()
 
     def _configure_network(self, data) -> None:
         """What a task sets up on its network once the data is known, before compiling."""
+
+    # -- class weights (tasks.class_weights): a buffer, so checkpoints keep them ----------------
+
+    def _initial_class_weights(self) -> torch.Tensor | None:
+        """None for no weights; a given list, checked against the classes once they are known;
+        ones for ``auto`` until fit counts the data (or a checkpoint restores its weights)."""
+        value = self.hparams.class_weights
+        check_class_weights(value)
+        self._class_weights_set = False  # given, or counted in this fit: they win on restore
+        if value is None or value == "none":
+            return None
+        if value == "auto":
+            return torch.ones(self.num_classes)
+        if self._classes_from_data:  # the data's classes decide the length (configure_model)
+            return torch.tensor([float(w) for w in value])
+        self._class_weights_set = True
+        return given_weights(value, self.id2label)
+
+    def _configure_class_weights(self, data, stage: str) -> None:
+        """Check given weights against the classes; count ``auto`` ones once per fit."""
+        value, device = self.hparams.class_weights, getattr(self.class_weights, "device", None)
+        if self.class_weights is None:
+            return
+        if value != "auto":
+            self.class_weights = given_weights(value, self.id2label).to(device)
+            self._class_weights_set = True
+        elif stage == "fit" and not self._class_weights_set:
+            self.class_weights = counted_class_weights(data, self.id2label).to(device)
+            self._class_weights_set = True
+        elif len(self.class_weights) != self.num_classes:  # classes adopted from the data
+            self.class_weights = torch.ones(self.num_classes, device=device)
 
     def _record_preprocessing(self, data) -> None:
         keys = self.PREPROCESSING_KEYS
@@ -297,6 +336,11 @@ class NatTask(L.LightningModule, abc.ABC):
                 "(they come from the checkpoint); to fine-tune it on other labels, export it "
                 "(nat-lightning export) and pass the folder as pretrained="
             )
+        state = checkpoint.get("state_dict", {})
+        if self.class_weights is None:  # a checkpoint trained with weights, evaluated without
+            state.pop("class_weights", None)
+        elif self._class_weights_set or "class_weights" not in state:
+            state["class_weights"] = self.class_weights.clone()  # this run's weights win
         schedule = checkpoint.get("lr_schedule")
         if schedule is not None:
             self._resumed_schedule = (schedule["warmup_steps"], schedule["total_steps"])

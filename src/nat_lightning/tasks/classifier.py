@@ -79,7 +79,7 @@ class NatClassifier(NatTask):
             kwargs: the arguments every task takes (model, pretrained, num_classes, id2label,
                 preprocessing, attention_backend, drop_path_rate, lr, weight_decay, betas,
                 layer_decay, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune,
-                unfreeze_at_epoch, ema_decay, compile): see NatTask.
+                unfreeze_at_epoch, ema_decay, compile, class_weights): see NatTask.
         """
         super().__init__(**kwargs)
 
@@ -195,11 +195,10 @@ class NatClassifier(NatTask):
 
     def _training_loss(self, batch):
         images, labels = batch["pixel_values"], batch["labels"]
-        if self.mixup.active:  # padding rows (IGNORE_LABEL) have all-zero targets: no loss
-            images, targets = self.mixup(images, labels)
+        if self.mixup.active or self.class_weights is not None:
+            images, targets = self.mixup(images, labels)  # smoothed (and mixed when active)
             logits = self(images)
-            per_image = torch.sum(-targets * logits.float().log_softmax(-1), dim=-1)
-            loss = per_image.sum() / (labels != IGNORE_LABEL).sum().clamp(min=1)
+            loss = soft_cross_entropy(logits, targets, labels, self.class_weights)
         else:
             logits = self(images)
             loss = self._cross_entropy(logits, labels, self.hparams.label_smoothing)
@@ -286,6 +285,26 @@ class NatClassifier(NatTask):
         return warmup_cosine(
             optimizer, warmup_steps, total_steps, self.hparams.min_lr / self.hparams.lr
         )
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy against soft targets (B, K) (smoothed, mixed). Unweighted: the mean over the
+    labelled examples. With class ``weights`` each example's loss counts ``targets @ weights``
+    times, its target's weight (``weights[y]`` for a plain label; smoothing and mixup mix the
+    weights as they mix the targets), and the sum is divided by the sum of those weights, as
+    ``F.cross_entropy(weight=...)`` does for plain labels. Padding rows (IGNORE_LABEL) have
+    all-zero targets: no loss and no weight."""
+    per_image = torch.sum(-targets * logits.float().log_softmax(-1), dim=-1)
+    if weights is None:
+        return per_image.sum() / (labels != IGNORE_LABEL).sum().clamp(min=1)
+    per_weight = targets @ weights.float()
+    total = per_weight.sum().clamp(min=torch.finfo(torch.float32).tiny)
+    return (per_image * per_weight).sum() / total
 
 
 def measure_training_flops(config: NatConfig, shape: tuple[int, ...]) -> int:

@@ -114,7 +114,8 @@ class NatSegmenter(NatTask):
             kwargs: the arguments every task takes (model: the backbone; pretrained, num_classes,
                 id2label, preprocessing: ``mean`` and ``std``, attention_backend, drop_path_rate,
                 betas, layer_decay, warmup_epochs, warmup_steps: the recipes' 1500,
-                rescale_schedule, finetune, unfreeze_at_epoch, ema_decay, compile): see NatTask.
+                rescale_schedule, finetune, unfreeze_at_epoch, ema_decay, compile, class_weights:
+                per-class weights of the decode and auxiliary cross-entropies): see NatTask.
         """
         super().__init__(lr=lr, weight_decay=weight_decay, min_lr=min_lr, **kwargs)
         if lr is None:
@@ -229,7 +230,7 @@ class NatSegmenter(NatTask):
     # -- steps ---------------------------------------------------------------------------------
 
     def _training_loss(self, batch):
-        out = self.network(batch["pixel_values"], batch["labels"])
+        out = self.network(batch["pixel_values"], batch["labels"], self.class_weights)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["labels"]))
         return out.loss
 
