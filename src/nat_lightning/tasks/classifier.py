@@ -30,6 +30,7 @@ from ..batch import IGNORE_LABEL
 from ..models import NatConfig, NatForImageClassification
 from ..processor_config import data_settings, preprocessor_config
 from .base import ModelCard, NatTask, meta_training_flops
+from .inference import check_crops, classification_scores
 from .mixup import MixupCutmix
 from .network import build_network, with_classes
 from .optim import param_groups, warmup_cosine
@@ -63,6 +64,8 @@ class NatClassifier(NatTask):
         mixup_switch_prob: float = 0.5,
         predict_top_k: int = 5,
         log_per_class: bool | None = None,
+        tta_flip: bool = False,
+        tta_crops: int = 1,
         **kwargs,
     ):
         """An image classifier; the arguments every task takes are NatTask's.
@@ -76,11 +79,16 @@ class NatClassifier(NatTask):
             predict_top_k: how many classes ``predict_step`` returns per image.
             log_per_class: log each class's accuracy (``val/acc_class/<name>``); None: up to
                 PER_CLASS_LIMIT classes.
+            tta_flip: test-time augmentation in validate, test and predict: add the horizontal
+                mirror of every view; the views' softmax is averaged (training is unchanged).
+            tta_crops: views per image: 1 (the image) or 5 (the image and its four corner crops of
+                0.875 of each side, resized back); see tasks.inference.classification_scores.
             kwargs: the arguments every task takes (model, pretrained, num_classes, id2label,
                 preprocessing, attention_backend, drop_path_rate, lr, weight_decay, betas,
                 layer_decay, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune,
                 unfreeze_at_epoch, ema_decay, compile, class_weights): see NatTask.
         """
+        check_crops(tta_crops)
         super().__init__(**kwargs)
 
     def _build_network(self) -> NatForImageClassification:
@@ -176,6 +184,12 @@ class NatClassifier(NatTask):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.network(pixel_values).logits
 
+    def infer(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Evaluation scores (B, K): the logits, or with ``tta_flip``/``tta_crops`` the log of the
+        views' mean softmax (classification_scores)."""
+        hp = self.hparams
+        return classification_scores(self, pixel_values, hp.tta_flip, hp.tta_crops)
+
     # -- the classes and preprocessing of the attached data ------------------------------------
 
     def _adopt_classes(self, id2label: dict[int, str]) -> None:
@@ -218,7 +232,7 @@ class NatClassifier(NatTask):
         included, so that every rank computes, and gathers, the same metrics at the epoch's end."""
         labels = batch["labels"]
         if len(labels):
-            logits = self(batch["pixel_values"])
+            logits = self.infer(batch["pixel_values"])
         else:
             logits = torch.zeros(0, self.num_classes, device=labels.device)
         labelled = (labels != IGNORE_LABEL).sum()
@@ -265,7 +279,7 @@ class NatClassifier(NatTask):
         (``top_probs``) of every decoded image."""
         k = min(self.hparams.predict_top_k, self.num_classes)
         if len(batch["pixel_values"]):
-            probs = self(batch["pixel_values"]).float().softmax(-1)
+            probs = self.infer(batch["pixel_values"]).float().softmax(-1)
             top_probs, top_ids = probs.topk(k, dim=-1)
         else:
             top_probs, top_ids = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)

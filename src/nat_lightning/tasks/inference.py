@@ -1,5 +1,6 @@
-"""Segmentation inference as pure functions of a ``forward`` (images -> logits at their size):
-whole image, sliding window, and test-time augmentation over scales and horizontal flips."""
+"""Inference as pure functions of a ``forward``: for segmentation (images -> logits at their
+size) whole image, sliding window, and test-time augmentation over scales and horizontal flips;
+for classification (images -> (B, K) logits) test-time augmentation over flips and crops."""
 
 from __future__ import annotations
 
@@ -90,7 +91,56 @@ def tta_scores(
         logits = logits.flip(-1) if mirrored else logits
         probs = (logits if scale == 1.0 else _resize(logits, size)).softmax(1)
         total = probs if total is None else total + probs
-    return (total / len(views)).clamp_min(torch.finfo(torch.float32).tiny).log()
+    return _log_mean(total, len(views))
+
+
+CORNER_CROP = 0.875  # side of classification's corner crops, as a fraction of the image's
+
+
+def crop_views(images: torch.Tensor, crops: int) -> list[torch.Tensor]:
+    """The views of multi-crop classification: the images themselves (``crops`` 1), and with
+    ``crops`` 5 also their four corner crops of CORNER_CROP of each side, each resized
+    (bilinearly) back to the images' size. The images are the data's centre crops already."""
+    check_crops(crops)
+    if crops == 1:
+        return [images]
+    height, width = images.shape[-2:]
+    ch, cw = round(height * CORNER_CROP), round(width * CORNER_CROP)
+    corners = ((0, 0), (0, width - cw), (height - ch, 0), (height - ch, width - cw))
+    return [images] + [
+        _resize(images[..., top : top + ch, left : left + cw], (height, width))
+        for top, left in corners
+    ]
+
+
+def check_crops(crops: int) -> None:
+    """A ValueError for a number of classification views that crop_views does not make."""
+    if crops not in (1, 5):
+        raise ValueError(f"tta_crops={crops}: expected 1 (the image) or 5 (and its 4 corners)")
+
+
+def classification_scores(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    flip: bool = False,
+    crops: int = 1,
+) -> torch.Tensor:
+    """Class scores (B, K) of ``forward`` over test-time augmentations: the logits of one view
+    (no flip, one crop), else the log of the mean softmax of the views (``crop_views``, each also
+    mirrored when ``flip``), as tta_scores does for segmentation; argmax, top-k and softmax of
+    either are the prediction, and cross-entropy on them the loss."""
+    views = crop_views(images, crops)
+    if flip:
+        views += [view.flip(-1) for view in views]
+    if len(views) == 1:
+        return forward(images).float()
+    total = sum(forward(view).float().softmax(-1) for view in views)
+    return _log_mean(total, len(views))
+
+
+def _log_mean(total: torch.Tensor, count: int) -> torch.Tensor:
+    """The log of a mean of probabilities, finite where the mean is 0."""
+    return (total / count).clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
