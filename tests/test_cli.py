@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -94,32 +95,28 @@ class KillMidEpoch(L.Callback):
             raise KeyboardInterrupt
 
 
-def interrupted_fit(root):
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A root holding one fit stopped by Ctrl-C in epoch 1; each test works on a copy
+    (``interrupted_fit``). Resuming after a hard kill is tests/test_journeys.py's kill -9 journey."""
+    root = tmp_path_factory.mktemp("interrupted")
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C
             fit(root, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.test_cli.KillMidEpoch")
     finally:
         signal.signal(signal.SIGINT, handler)
+    return root
+
+
+def interrupted_fit(interrupted, root):
+    """A copy of the interrupted root at ``root``; the checkpoints folder of its run."""
+    shutil.copytree(interrupted, root, dirs_exist_ok=True)
     return runs_in(root)[-1] / "checkpoints"
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
-    full = fit(tmp_path / "full", "--trainer.max_epochs", "2")
-    cut = interrupted_fit(tmp_path / "cut")
-    (cut / "on_exception.ckpt").unlink()  # a hard kill (SIGKILL) writes nothing: resume from last.ckpt
-    fit(tmp_path / "cut", "--trainer.max_epochs", "2", "--ckpt_path", "last")
-    a = torch.load(full / "last.ckpt", weights_only=True)
-    b = torch.load(cut / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 6 and a["epoch"] == b["epoch"]
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    for key, value in a["optimizer_states"][0]["state"][0].items():
-        assert torch.equal(value, b["optimizer_states"][0]["state"][0][key]), key
-
-
-def test_ctrl_c_writes_a_checkpoint_that_resumes(tmp_path):
-    cut = interrupted_fit(tmp_path)
+def test_ctrl_c_writes_a_checkpoint_that_resumes(interrupted, tmp_path):
+    cut = interrupted_fit(interrupted, tmp_path)
     state = torch.load(cut / "on_exception.ckpt", weights_only=True)
     assert state["global_step"] == 4  # 3 steps of epoch 0, 1 of epoch 1
     fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
@@ -127,15 +124,16 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes(tmp_path):
     assert cut.parent.name == "version_0" and (cut.parent / "resumed_1" / "metrics.csv").is_file()
 
 
-def test_a_fit_after_a_crash_starts_afresh_even_with_another_model(tmp_path):
+def test_a_fit_after_a_crash_starts_afresh_even_with_another_model(interrupted, tmp_path):
     """Lightning resumes from on_exception.ckpt on its own when OnExceptionCheckpoint is used;
-    here a plain fit never does: a new run, even with a head that would not load."""
-    interrupted_fit(tmp_path)
-    fresh = fit(tmp_path, "--trainer.max_epochs", "1", "--model.model", "nat_mini", "--data.image_size", "32",
-                "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    here a plain fit never does: a new run, even with a network whose weights would not load."""
+    interrupted_fit(interrupted, tmp_path)
+    other = '{"embed_dim": 16, "depths": [1], "num_heads": [1], "kernel_size": 3}'  # not nat_pico
+    fresh = fit(tmp_path, "--trainer.max_epochs", "1", "--model.model", other, "--data.image_size", "16",
+                "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0")
     assert fresh.parent.name == "version_1"
     state = torch.load(fresh / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 1 and state["hyper_parameters"]["model"]["embed_dim"] == 64
+    assert state["global_step"] == 1 and state["hyper_parameters"]["model"]["embed_dim"] == 16
 
 
 def test_validate_and_predict_from_a_checkpoint(trained, tmp_path):
