@@ -11,6 +11,7 @@ import torch
 from tests.runner import QUICK, cli, load, metrics
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+NO_VAL = ["--trainer.limit_val_batches", "0"]  # where a journey checks no validation metric
 
 
 def test_a_two_process_fit_ends_its_epochs_without_a_hang_or_sync_warnings(tmp_path):
@@ -36,13 +37,14 @@ class SigtermAt(L.Callback):
 
 
 def test_sigterm_stops_every_rank_writes_on_exception_once_and_resumes(tmp_path):
-    out = cli("fit", *QUICK, *DDP, "--trainer.default_root_dir", str(tmp_path),
+    out = cli("fit", *QUICK, *DDP, *NO_VAL, "--trainer.default_root_dir", str(tmp_path),
               "--trainer.callbacks+=tests.test_ddp_journeys.SigtermAt", timeout=300, expect=143)
     folder = tmp_path / "version_0" / "checkpoints"
     stopped = load(folder / "on_exception.ckpt")
     assert stopped["epoch"] == 1 and 3 <= stopped["global_step"] <= 5, out[-3000:]
     assert out.count("on_exception.ckpt; resume with --ckpt_path last") == 1
-    cli("fit", *QUICK, *DDP, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last", timeout=180)
+    cli("fit", *QUICK, *DDP, *NO_VAL, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last",
+        timeout=180)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["version_0"]
     assert load(folder / "last.ckpt")["global_step"] == 6
 
@@ -59,7 +61,7 @@ class SaveRankWeights(L.Callback):
 
 
 def test_freeze_then_thaw_through_the_cli_keeps_the_ranks_identical(tmp_path):
-    cli("fit", *QUICK, *DDP, "--model.finetune", "freeze_backbone", "--model.unfreeze_at_epoch", "1",
+    cli("fit", *QUICK, *DDP, *NO_VAL, "--model.finetune", "freeze_backbone", "--model.unfreeze_at_epoch", "1",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=tests.test_ddp_journeys.SaveRankWeights",
         timeout=180)
     ranks = [torch.load(tmp_path / "version_0" / f"weights.rank{r}.pt", weights_only=True) for r in (0, 1)]
