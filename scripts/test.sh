@@ -10,4 +10,6 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q --no-build-isolation "natten>=0.21"
 python -m pip install -q -e ".[dev]"
-python -m pytest "$@"
+# two workers, each file on one (its module-scoped fits run once); tests/conftest.py gives each
+# worker half the cores. On 2 cores: ops, journeys, compile and DDP files 5.5 min -> 2.8 min.
+python -m pytest -n 2 --dist loadfile "$@"
