@@ -120,6 +120,9 @@ def test_auxiliary_logits_with_labels_or_in_training_only():
 
 
 def test_gradients_reach_every_parameter():
+    # seeded: stochastic depth drops a whole block for both images in about 1 of 40 RNG states
+    # (a zero gradient there), and the state a test inherits depends on the worker's earlier tests
+    torch.manual_seed(0)
     model = NatForSemanticSegmentation(tiny_config(dinat=True)).train()
     labels = torch.randint(0, 4, (2, 48, 64))
     labels[:, :8] = 255
