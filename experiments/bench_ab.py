@@ -27,8 +27,13 @@ def load(rev: str | None, tag: str):
     """rows.py at ``rev`` (None: the working tree) as a module of nat_lightning.ops."""
     path = ROOT / "src/nat_lightning/ops/rows.py"
     if rev is not None:
-        text = subprocess.run(["git", "show", f"{rev}:src/nat_lightning/ops/rows.py"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            ["git", "show", f"{rev}:src/nat_lightning/ops/rows.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         path = Path(tempfile.mkdtemp()) / "rows.py"
         path.write_text(text)
     spec = importlib.util.spec_from_file_location(f"nat_lightning.ops._rows_{tag}", path)
@@ -47,10 +52,14 @@ def main():
     a = p.parse_args()
     kernels = {a.a: load(a.a, "a"), a.b or "working tree": load(a.b, "b")}
     train = a.mode == "train"
-    print(f"{a.mode}, batch {a.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{a.mode}, batch {a.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"| shape | {' ms | '.join(kernels)} ms | speed-up |\n|---|---:|---:|---:|")
     for side, heads in SHAPES.values():
-        q, k, v = (torch.randn(a.batch, side, side, heads, 32, requires_grad=train) for _ in range(3))
+        q, k, v = (
+            torch.randn(a.batch, side, side, heads, 32, requires_grad=train) for _ in range(3)
+        )
         rpb = torch.zeros(heads, 13, 13, requires_grad=train)
 
         def run(module, q=q, k=k, v=v, rpb=rpb):
@@ -58,9 +67,14 @@ def main():
             if train:
                 out.backward(torch.ones_like(out))
 
-        med = alternate({name: (lambda m=module: run(m)) for name, module in kernels.items()}, a.rounds)
+        med = alternate(
+            {name: (lambda m=module: run(m)) for name, module in kernels.items()}, a.rounds
+        )
         base, new = med.values()
-        print(f"| ({a.batch}, {side}, {heads}, 32) | {base * 1e3:.1f} | {new * 1e3:.1f} | {base / new:.2f}x |", flush=True)
+        print(
+            f"| ({a.batch}, {side}, {heads}, 32) | {base * 1e3:.1f} | {new * 1e3:.1f} | {base / new:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

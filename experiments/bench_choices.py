@@ -40,7 +40,9 @@ def strip_widths(batch: int, rounds: int) -> None:
     print("|---|---|---:|---:|---:|")
     for name, (side, heads) in SHAPES.items():
         for train in (True, False):
-            q, k, v = (torch.randn(batch, side, side, heads, 32, requires_grad=train) for _ in range(3))
+            q, k, v = (
+                torch.randn(batch, side, side, heads, 32, requires_grad=train) for _ in range(3)
+            )
             rpb = torch.zeros(heads, 13, 13, requires_grad=train)
 
             def run(tile, q=q, k=k, v=v, rpb=rpb, train=train):
@@ -50,8 +52,12 @@ def strip_widths(batch: int, rounds: int) -> None:
 
             med = alternate({t: (lambda t=t: run(t)) for t in (7, 8, 14)}, rounds)
             mode = "fwd+bwd" if train else "fwd"
-            print(f"| {name} ({batch}, {side}, {heads}, 32) | {mode} | "
-                  + " | ".join(f"{med[t] * 1e3:.1f}" for t in (7, 8, 14)) + " |", flush=True)
+            print(
+                f"| {name} ({batch}, {side}, {heads}, 32) | {mode} | "
+                + " | ".join(f"{med[t] * 1e3:.1f}" for t in (7, 8, 14))
+                + " |",
+                flush=True,
+            )
 
 
 def tokenizer(batch: int, rounds: int) -> None:
@@ -71,14 +77,21 @@ def tokenizer(batch: int, rounds: int) -> None:
     print("\n| tokenizer, batch 16, 224 px | NCHW ms | channels-last ms | speed-up |")
     print("|---|---:|---:|---:|")
     for mode, step in (("fwd+bwd", train), ("fwd", infer)):
-        med = alternate({"nchw": lambda step=step: step(nchw), "cl": lambda step=step: step(lambda: tok(x))}, rounds)
-        print(f"| {mode} | {med['nchw'] * 1e3:.1f} | {med['cl'] * 1e3:.1f} | {med['nchw'] / med['cl']:.2f}x |")
+        med = alternate(
+            {"nchw": lambda step=step: step(nchw), "cl": lambda step=step: step(lambda: tok(x))},
+            rounds,
+        )
+        print(
+            f"| {mode} | {med['nchw'] * 1e3:.1f} | {med['cl'] * 1e3:.1f} | {med['nchw'] / med['cl']:.2f}x |"
+        )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=12, help="alternating rounds; the first two are warm-up")
+    p.add_argument(
+        "--rounds", type=int, default=12, help="alternating rounds; the first two are warm-up"
+    )
     a = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     strip_widths(a.batch, a.rounds)

@@ -44,7 +44,10 @@ def alternate(steps: dict, warmup: int, rounds: int) -> dict:
                 first[name] += seconds
             else:
                 times[name].append(seconds)
-    return {name: {"s_per_step": statistics.median(t), "warmup_s": first[name]} for name, t in times.items()}
+    return {
+        name: {"s_per_step": statistics.median(t), "warmup_s": first[name]}
+        for name, t in times.items()
+    }
 
 
 def measure(name: str, batch: int, warmup: int, rounds: int) -> dict:
@@ -64,29 +67,52 @@ def measure(name: str, batch: int, warmup: int, rounds: int) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     def infer_step(model):
         def step():
             with torch.no_grad():
                 logits_of(model(images))
+
         return step
 
     opts = {m: torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (eager, compiled)}
     for model in opts:
         model.train()
-    train = alternate({"eager": train_step(eager, opts[eager]), "compiled": train_step(compiled, opts[compiled])},
-                      warmup, rounds)
+    train = alternate(
+        {"eager": train_step(eager, opts[eager]), "compiled": train_step(compiled, opts[compiled])},
+        warmup,
+        rounds,
+    )
     for model in opts:
         model.eval()
-    infer = alternate({"eager": infer_step(eager), "compiled": infer_step(compiled)}, warmup, rounds)
-    return {"model": name, "batch": batch, "train": train, "infer": infer, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    infer = alternate(
+        {"eager": infer_step(eager), "compiled": infer_step(compiled)}, warmup, rounds
+    )
+    return {
+        "model": name,
+        "batch": batch,
+        "train": train,
+        "infer": infer,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_worker(python: str, name: str, a) -> dict:
-    args = [python, __file__, "--worker", name, "--batch", str(a.batch), "--warmup", str(a.warmup),
-            "--steps", str(a.steps)]
+    args = [
+        python,
+        __file__,
+        "--worker",
+        name,
+        "--batch",
+        str(a.batch),
+        "--warmup",
+        str(a.warmup),
+        "--steps",
+        str(a.steps),
+    ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=a.timeout, check=False)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
@@ -98,7 +124,9 @@ def main():
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--models", default="nat_mini,swin_t", help="comma-separated: nat_mini, swin_t")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each copy first (compilation)")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps of each copy first (compilation)"
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps of each copy, alternating")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     a = p.parse_args()
@@ -110,14 +138,18 @@ def main():
         python = str(ensure_timm_venv()) if name == "swin_t" else sys.executable
         results[name] = r = run_worker(python, name, a)
         print(f"  {name}: torch {r['torch']}, {r['threads']} threads", flush=True)
-    print(f"\n| batch {a.batch}, 224 px, fp32 | mode | eager img/s | compiled img/s | compiled / eager "
-          "| compiled warm-up s |")
+    print(
+        f"\n| batch {a.batch}, 224 px, fp32 | mode | eager img/s | compiled img/s | compiled / eager "
+        "| compiled warm-up s |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for name, r in results.items():
         for mode in ("train", "infer"):
             eager, comp = (a.batch / r[mode][k]["s_per_step"] for k in ("eager", "compiled"))
-            print(f"| {name} | {mode} | {eager:.2f} | {comp:.2f} | {comp / eager:.2f}x "
-                  f"| {r[mode]['compiled']['warmup_s']:.0f} |")
+            print(
+                f"| {name} | {mode} | {eager:.2f} | {comp:.2f} | {comp / eager:.2f}x "
+                f"| {r[mode]['compiled']['warmup_s']:.0f} |"
+            )
     if {"nat_mini", "swin_t"} <= results.keys():
         print("\n| NAT-Mini / Swin-T | eager | compiled |\n|---|---:|---:|")
         for mode in ("train", "infer"):

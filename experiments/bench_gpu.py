@@ -95,7 +95,9 @@ def build(name: str, backend: str):
         import timm
 
         return timm.create_model("swin_tiny_patch4_window7_224", num_classes=1000)
-    return NatForImageClassification(NatConfig.from_variant("nat_mini", num_labels=1000, attention_backend=backend))
+    return NatForImageClassification(
+        NatConfig.from_variant("nat_mini", num_labels=1000, attention_backend=backend)
+    )
 
 
 def train_step_seconds(model, batch: int, steps: int, warmup: int, device: str) -> float:
@@ -121,10 +123,14 @@ def train_step_seconds(model, batch: int, steps: int, warmup: int, device: str) 
 def training_flops_per_image() -> int:
     from nat_lightning.tasks.classifier import measure_training_flops
 
-    return measure_training_flops(NatConfig.from_variant("nat_mini", num_labels=1000), (1, 3, 224, 224))
+    return measure_training_flops(
+        NatConfig.from_variant("nat_mini", num_labels=1000), (1, 3, 224, 224)
+    )
 
 
-def speed_row(name: str, backend: str, compile_it: bool, a, swin, mfu_per_img_s) -> tuple[str, float | None]:
+def speed_row(
+    name: str, backend: str, compile_it: bool, a, swin, mfu_per_img_s
+) -> tuple[str, float | None]:
     """One row of the training table and the images/s it measured (None where it measured none).
 
     ``swin``: Swin-T's images/s for the ratio column; ``mfu_per_img_s``: FLOPs per image / peak.
@@ -152,14 +158,18 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--out", help="also write the tables (markdown) here, rewritten after every line")
+    p.add_argument(
+        "--out", help="also write the tables (markdown) here, rewritten after every line"
+    )
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     from lightning.fabric.utilities.throughput import get_available_flops
 
     out = Tables(a.out)
-    out.add(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    out.add(
+        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    )
     peak = get_available_flops(torch.device("cuda"), torch.bfloat16)
     flops = training_flops_per_image()
     peak_t = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown to Lightning (no MFU)"

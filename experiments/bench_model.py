@@ -34,7 +34,6 @@ TIMM_VENV = HERE / ".venv-timm"
 
 
 def build(name: str, backend: str):
-    import torch
 
     if name == "swin_t":
         import timm
@@ -42,7 +41,9 @@ def build(name: str, backend: str):
         return timm.create_model("swin_tiny_patch4_window7_224", num_classes=1000)
     from nat_lightning import NatConfig, NatForImageClassification
 
-    return NatForImageClassification(NatConfig.from_variant(name, num_labels=1000, attention_backend=backend))
+    return NatForImageClassification(
+        NatConfig.from_variant(name, num_labels=1000, attention_backend=backend)
+    )
 
 
 def logits_of(out):
@@ -76,8 +77,15 @@ def measure(name: str, mode: str, batch: int, steps: int, warmup: int, backend: 
                 times.append(time.perf_counter() - start)
     step = statistics.median(times[warmup:])
     params = sum(p.numel() for p in model.parameters())
-    return {"model": name, "mode": mode, "s_per_step": step, "img_s": batch / step, "params_m": params / 1e6,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {
+        "model": name,
+        "mode": mode,
+        "s_per_step": step,
+        "img_s": batch / step,
+        "params_m": params / 1e6,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def measure_lightning(batch: int, steps: int, warmup: int) -> dict:
@@ -94,7 +102,10 @@ def measure_lightning(batch: int, steps: int, warmup: int) -> dict:
 
         def __getitem__(self, i):
             g = torch.Generator().manual_seed(i)
-            return {"pixel_values": torch.randn(3, 224, 224, generator=g), "labels": torch.tensor(i % 1000)}
+            return {
+                "pixel_values": torch.randn(3, 224, 224, generator=g),
+                "labels": torch.tensor(i % 1000),
+            }
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -107,23 +118,53 @@ def measure_lightning(batch: int, steps: int, warmup: int) -> dict:
             self.times.append(time.perf_counter() - self.start)
 
     torch.manual_seed(0)
-    model = NatClassifier(model="nat_mini", num_classes=1000, label_smoothing=0.0, warmup_epochs=0.0)
+    model = NatClassifier(
+        model="nat_mini", num_classes=1000, label_smoothing=0.0, warmup_epochs=0.0
+    )
     timer = StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-                        num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(model, DataLoader(Fixed(), batch_size=batch))
     step = statistics.median(timer.times[warmup:])
-    return {"model": "nat_mini (Lightning)", "mode": "train", "s_per_step": step, "img_s": batch / step}
+    return {
+        "model": "nat_mini (Lightning)",
+        "mode": "train",
+        "s_per_step": step,
+        "img_s": batch / step,
+    }
 
 
 def ensure_timm_venv() -> Path:
     python = TIMM_VENV / "bin" / "python"
     if not python.exists():
-        print(f"creating {TIMM_VENV} (torch 2.14.1 + torchvision 0.29.1 + timm; several GB) ...", flush=True)
+        print(
+            f"creating {TIMM_VENV} (torch 2.14.1 + torchvision 0.29.1 + timm; several GB) ...",
+            flush=True,
+        )
         subprocess.run([sys.executable, "-m", "venv", str(TIMM_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", "timm"],
-                       check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "torch==2.14.1",
+                "torchvision==0.29.1",
+                "timm",
+            ],
+            check=True,
+        )
     return python
 
 
@@ -139,18 +180,31 @@ def main():
     p.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the allocator warms up over ~2)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating NAT/Swin measurements per mode")
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (the allocator warms up over ~2)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternating NAT/Swin measurements per mode"
+    )
     p.add_argument("--backend", default="auto", help="NAT attention backend")
-    p.add_argument("--backends", help="comma-separated NAT backends measured in turn (e.g. torch,fused)")
-    p.add_argument("--model", default="nat_mini", help="the NAT variant against Swin-T (e.g. dinat_mini)")
+    p.add_argument(
+        "--backends", help="comma-separated NAT backends measured in turn (e.g. torch,fused)"
+    )
+    p.add_argument(
+        "--model", default="nat_mini", help="the NAT variant against Swin-T (e.g. dinat_mini)"
+    )
     p.add_argument("--no-lightning", action="store_true")
-    p.add_argument("--sweep", help="comma-separated batch sizes: training img/s of both models, and a plot")
+    p.add_argument(
+        "--sweep", help="comma-separated batch sizes: training img/s of both models, and a plot"
+    )
     a = p.parse_args()
     if a.worker is not None:
         name, mode = a.worker
-        result = measure_lightning(a.batch, a.steps, a.warmup) if mode == "lightning" else measure(
-            name, mode, a.batch, a.steps, a.warmup, a.backend)
+        result = (
+            measure_lightning(a.batch, a.steps, a.warmup)
+            if mode == "lightning"
+            else measure(name, mode, a.batch, a.steps, a.warmup, a.backend)
+        )
         print(json.dumps(result))
         return
     timm_python = str(ensure_timm_venv())
@@ -161,14 +215,23 @@ def main():
     results: dict[tuple[str, str], list[float]] = {}
     for mode in ("train", "infer"):
         for _ in range(a.repeats):
-            runs = [(a.model, backend, sys.executable) for backend in backends] + [("swin_t", "-", timm_python)]
+            runs = [(a.model, backend, sys.executable) for backend in backends] + [
+                ("swin_t", "-", timm_python)
+            ]
             for name, backend, python in runs:
-                r = run_worker(python, name, mode, *common, "--backend", backend if backend != "-" else "auto")
+                r = run_worker(
+                    python, name, mode, *common, "--backend", backend if backend != "-" else "auto"
+                )
                 results.setdefault((name, backend, mode), []).append(r["img_s"])
-                print(f"  {name:10s} {backend:6s} {mode:5s} {r['img_s']:.2f} img/s ({r['params_m']:.1f}M params, "
-                      f"torch {r['torch']})", flush=True)
+                print(
+                    f"  {name:10s} {backend:6s} {mode:5s} {r['img_s']:.2f} img/s ({r['params_m']:.1f}M params, "
+                    f"torch {r['torch']})",
+                    flush=True,
+                )
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\n| batch {a.batch}, 224 px, fp32 | backend | {a.model} img/s | Swin-T img/s | NAT / Swin |")
+    print(
+        f"\n| batch {a.batch}, 224 px, fp32 | backend | {a.model} img/s | Swin-T img/s | NAT / Swin |"
+    )
     print("|---|---|---:|---:|---:|")
     for mode in ("train", "infer"):
         for backend in backends:
@@ -181,23 +244,45 @@ def main():
                 r = run_worker(sys.executable, "nat_mini", mode, *common, "--backend", a.backend)
                 lightning.setdefault(mode, []).append(r["img_s"])
                 print(f"  nat_mini   {mode:9s} {r['img_s']:.2f} img/s", flush=True)
-        plain, light = statistics.median(lightning["train"]), statistics.median(lightning["lightning"])
-        print(f"\nLightning Trainer vs plain loop (NAT-Mini train): {light:.2f} vs {plain:.2f} img/s = {light / plain:.3f}")
+        plain, light = (
+            statistics.median(lightning["train"]),
+            statistics.median(lightning["lightning"]),
+        )
+        print(
+            f"\nLightning Trainer vs plain loop (NAT-Mini train): {light:.2f} vs {plain:.2f} img/s = {light / plain:.3f}"
+        )
 
 
 def sweep(batches: list[int], a, timm_python: str):
     """Training images/s against batch size, NAT-Mini and Swin-T alternating; writes model_batch.png."""
-    results: dict[str, list[float]] = {"nat_mini": [], "swin_t": []}  # "nat_mini": the --model variant
+    results: dict[str, list[float]] = {
+        "nat_mini": [],
+        "swin_t": [],
+    }  # "nat_mini": the --model variant
     for batch in batches:
-        common = ["--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--backend", a.backend]
+        common = [
+            "--batch",
+            str(batch),
+            "--steps",
+            str(a.steps),
+            "--warmup",
+            str(a.warmup),
+            "--backend",
+            a.backend,
+        ]
         runs: dict[str, list[float]] = {"nat_mini": [], "swin_t": []}
         for _ in range(a.repeats):  # alternating
-            for key, name, python in (("nat_mini", a.model, sys.executable), ("swin_t", "swin_t", timm_python)):
+            for key, name, python in (
+                ("nat_mini", a.model, sys.executable),
+                ("swin_t", "swin_t", timm_python),
+            ):
                 runs[key].append(run_worker(python, name, "train", *common)["img_s"])
         for key, values in results.items():
             values.append(statistics.median(runs[key]))
-        print(f"  batch {batch}: {a.model} {results['nat_mini'][-1]:.2f} img/s, Swin-T {results['swin_t'][-1]:.2f}",
-              flush=True)
+        print(
+            f"  batch {batch}: {a.model} {results['nat_mini'][-1]:.2f} img/s, Swin-T {results['swin_t'][-1]:.2f}",
+            flush=True,
+        )
     print(f"\n| batch | {a.model} ({a.backend}) img/s | Swin-T img/s | NAT / Swin |")
     print("|---:|---:|---:|---:|")
     for i, batch in enumerate(batches):
@@ -216,7 +301,12 @@ def plot_sweep(batches: list[int], results: dict[str, list[float]]) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, label in (("nat_mini", "NAT-Mini (nat_lightning)"), ("swin_t", "Swin-T (timm)")):
         ax.plot(batches, results[name], marker="o", label=label)
-    ax.set(xscale="log", xlabel="batch size", ylabel="training images/s", title="fp32 training step, 224 px, CPU")
+    ax.set(
+        xscale="log",
+        xlabel="batch size",
+        ylabel="training images/s",
+        title="fp32 training step, 224 px, CPU",
+    )
     ax.minorticks_off()
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_ylim(bottom=0)

@@ -50,8 +50,13 @@ def full_attention(q, k, v, kernel_size, dilation, rpb):
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, h, w, heads, d)
 
 
-IMPLS = {"naive gather": na2d_reference, "torch backend": na2d_torch, "fused": na2d_fused, "tiled": na2d_tiled,
-         "full self-attention": full_attention}
+IMPLS = {
+    "naive gather": na2d_reference,
+    "torch backend": na2d_torch,
+    "fused": na2d_fused,
+    "tiled": na2d_tiled,
+    "full self-attention": full_attention,
+}
 STAGES = {  # name: (batch, side, heads, head_dim), k=7: NAT-Mini at 224 px, batch 16
     "stage 1": (16, 56, 2, 32),
     "stage 2": (16, 28, 4, 32),
@@ -61,8 +66,15 @@ STAGES = {  # name: (batch, side, heads, head_dim), k=7: NAT-Mini at 224 px, bat
 
 def inputs(batch, side, heads, dim, dtype, kernel_size=7):
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, side, side, heads, dim, generator=g).to(dtype).requires_grad_() for _ in range(3))
-    rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=g).to(dtype).requires_grad_()
+    q, k, v = (
+        torch.randn(batch, side, side, heads, dim, generator=g).to(dtype).requires_grad_()
+        for _ in range(3)
+    )
+    rpb = (
+        torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=g)
+        .to(dtype)
+        .requires_grad_()
+    )
     return q, k, v, rpb
 
 
@@ -105,9 +117,13 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 def fused_vs_torch(repeats: int, batch_size: int = 16) -> None:
     """The fused kernel's speed-up over the torch backend at NAT-Mini's stage shapes."""
     peak = matmul_gflops()
-    print(f"\n### Fused kernel vs torch backend (k=7, rpb, packed qkv), alternating, median of {repeats}\n")
+    print(
+        f"\n### Fused kernel vs torch backend (k=7, rpb, packed qkv), alternating, median of {repeats}\n"
+    )
     print(f"Measured fp32 matmul (2048^3 torch.mm): {peak:.0f} GFLOP/s.\n")
-    print("| stage (B, side, heads, D) | dtype | pass | torch ms | fused ms | speed-up | fused GFLOP/s | of matmul |")
+    print(
+        "| stage (B, side, heads, D) | dtype | pass | torch ms | fused ms | speed-up | fused GFLOP/s | of matmul |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     speedups: dict[str, list[float]] = {}
     for name, (_, side, heads, dim) in STAGES.items():
@@ -121,10 +137,15 @@ def fused_vs_torch(repeats: int, batch_size: int = 16) -> None:
                 calls = {b: _op_call(qkv, rpb, b, pass_ == "fwd+bwd") for b in ("torch", "fused")}
                 med = alternating_medians(calls, repeats)
                 gflops = factor * flops / med["fused"] / 1e9
-                speedups.setdefault(f"{pass_}, {str(dtype)[6:]}", []).append(med["torch"] / med["fused"])
-                print(f"| {name} {(batch, side, heads, dim)} | {str(dtype)[6:]} | {pass_} | {med['torch'] * 1e3:.1f} "
-                      f"| {med['fused'] * 1e3:.1f} | {med['torch'] / med['fused']:.2f}x | {gflops:.0f} "
-                      f"| {gflops / peak:.0%} |", flush=True)
+                speedups.setdefault(f"{pass_}, {str(dtype)[6:]}", []).append(
+                    med["torch"] / med["fused"]
+                )
+                print(
+                    f"| {name} {(batch, side, heads, dim)} | {str(dtype)[6:]} | {pass_} | {med['torch'] * 1e3:.1f} "
+                    f"| {med['fused'] * 1e3:.1f} | {med['torch'] / med['fused']:.2f}x | {gflops:.0f} "
+                    f"| {gflops / peak:.0%} |",
+                    flush=True,
+                )
     plot_fused(speedups, batch_size)
 
 
@@ -145,8 +166,10 @@ def plot_fused(speedups: dict[str, list[float]], batch: int) -> None:
     ax.set_xticks([s + 0.4 - width / 2 for s in range(len(STAGES))], list(STAGES))
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_ylim(0, 1.4 * max(max(v) for v in speedups.values()))  # room for the legend
-    ax.set(ylabel="speed-up over torch backend",
-           title=f"fused CPU kernel, k=7, batch {batch}, {torch.get_num_threads()} threads")
+    ax.set(
+        ylabel="speed-up over torch backend",
+        title=f"fused CPU kernel, k=7, batch {batch}, {torch.get_num_threads()} threads",
+    )
     ax.legend(fontsize=8, ncols=2)
     fig.tight_layout()
     fig.savefig(HERE / "op_fused.png", dpi=110)
@@ -156,9 +179,11 @@ def plot_fused(speedups: dict[str, list[float]], batch: int) -> None:
 def _op_call(qkv, rpb, backend: str, backward: bool):
     """na2d_qkv as the NAT layers call it, inference (no_grad) or forward+backward."""
     if not backward:
+
         def call():
             with torch.no_grad():
                 na2d_qkv(qkv, 7, 1, rpb, backend=backend)
+
         return call
     x, r = qkv.clone().requires_grad_(), rpb.clone().requires_grad_()
 
@@ -166,6 +191,7 @@ def _op_call(qkv, rpb, backend: str, backward: bool):
         out = na2d_qkv(x, 7, 1, r, backend=backend)
         out.backward(torch.ones_like(out))
         x.grad = r.grad = None
+
     return call
 
 
@@ -179,7 +205,10 @@ def _rss_kib(field):
 def peak_memory_child(impl_name, side, batch, heads, dim):
     """Runs in a subprocess: peak RSS growth (MiB) of one forward+backward."""
     args = inputs(batch, side, heads, dim, torch.float32)
-    step(IMPLS[impl_name], *inputs(batch, 8 if impl_name != "naive gather" else 8, heads, dim, torch.float32))
+    step(
+        IMPLS[impl_name],
+        *inputs(batch, 8 if impl_name != "naive gather" else 8, heads, dim, torch.float32),
+    )
     base = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM)
     step(IMPLS[impl_name], *args)
@@ -189,7 +218,8 @@ def peak_memory_child(impl_name, side, batch, heads, dim):
 def peak_memory(impl_name, side, batch=1, heads=2, dim=32):
     code = (
         "import sys, json; sys.path.insert(0, %r); import bench_op as b; "
-        "print(json.dumps(b.peak_memory_child(%r, %d, %d, %d, %d)))" % (str(HERE), impl_name, side, batch, heads, dim)
+        "print(json.dumps(b.peak_memory_child(%r, %d, %d, %d, %d)))"
+        % (str(HERE), impl_name, side, batch, heads, dim)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -203,7 +233,9 @@ def main():
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     torch.manual_seed(0)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     fused_vs_torch(repeats + 4, args.batch)
     if args.fused:
         return
@@ -217,8 +249,10 @@ def main():
             tiled = median_seconds(na2d_tiled, data, repeats)
             fast = median_seconds(na2d_torch, data, repeats)
             fused = median_seconds(na2d_fused, data, repeats)
-            print(f"| {name} {shape} | {str(dtype)[6:]} | {naive * 1e3:.0f} | {tiled * 1e3:.1f} | {fast * 1e3:.1f} "
-                  f"| {naive / fast:.1f}x | {fused * 1e3:.1f} |")
+            print(
+                f"| {name} {shape} | {str(dtype)[6:]} | {naive * 1e3:.0f} | {tiled * 1e3:.1f} | {fast * 1e3:.1f} "
+                f"| {naive / fast:.1f}x | {fused * 1e3:.1f} |"
+            )
 
     sides = [14, 28, 56, 112, 224]
     full_max = 112  # full self-attention at 224^2 would need ~40 GB of scores
@@ -228,11 +262,17 @@ def main():
     memory = {n: [] for n in IMPLS}
     for side in sides:
         for n in IMPLS:
-            memory[n].append(peak_memory(n, side) if n != "full self-attention" or side <= full_max else float("nan"))
+            memory[n].append(
+                peak_memory(n, side)
+                if n != "full self-attention" or side <= full_max
+                else float("nan")
+            )
         print(f"| {side * side} | " + " | ".join(f"{memory[n][-1]:.1f}" for n in IMPLS) + " |")
     for n in IMPLS:
         i = sides.index(full_max) if n == "full self-attention" else len(sides) - 1
-        print(f"- {n}: memory for 4x tokens ({sides[i]}^2 vs {sides[i - 1]}^2): {memory[n][i] / memory[n][i - 1]:.2f}x")
+        print(
+            f"- {n}: memory for 4x tokens ({sides[i]}^2 vs {sides[i - 1]}^2): {memory[n][i] / memory[n][i - 1]:.2f}x"
+        )
 
     print("\n### Time of one forward+backward against tokens (B=1, 2 heads x 32, k=7, fp32), ms\n")
     timing = {n: [] for n in IMPLS}
@@ -242,7 +282,9 @@ def main():
         data = inputs(1, side, 2, 32, torch.float32)
         for n, impl in IMPLS.items():
             skip = n == "full self-attention" and side > full_max
-            timing[n].append(float("nan") if skip else median_seconds(impl, data, max(3, repeats // 2)) * 1e3)
+            timing[n].append(
+                float("nan") if skip else median_seconds(impl, data, max(3, repeats // 2)) * 1e3
+            )
         print(f"| {side * side} | " + " | ".join(f"{timing[n][-1]:.1f}" for n in IMPLS) + " |")
     plot(sides, memory, timing)
 
@@ -257,11 +299,20 @@ def plot(sides, memory, timing):
         print("(matplotlib not installed: no plots)")
         return
     tokens = [s * s for s in sides]
-    for data, label, fname in ((memory, "peak memory (MiB)", "op_memory.png"), (timing, "fwd+bwd time (ms)", "op_time.png")):
+    for data, label, fname in (
+        (memory, "peak memory (MiB)", "op_memory.png"),
+        (timing, "fwd+bwd time (ms)", "op_time.png"),
+    ):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for n, ys in data.items():
             ax.plot(tokens, ys, marker="o", label=n)
-        ax.set(xscale="log", yscale="log", xlabel="tokens (H x W)", ylabel=label, title="2-D attention, k=7, CPU")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="tokens (H x W)",
+            ylabel=label,
+            title="2-D attention, k=7, CPU",
+        )
         ax.legend()
         fig.tight_layout()
         fig.savefig(HERE / fname, dpi=110)

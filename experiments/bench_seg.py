@@ -55,8 +55,13 @@ def train_worker(backend: str, batch: int, steps: int) -> dict:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return {"backend": backend, "batch": batch, "s_per_step": seconds,
-            "img_per_s": batch / seconds, "peak_rss_gib": peak}
+    return {
+        "backend": backend,
+        "batch": batch,
+        "s_per_step": seconds,
+        "img_per_s": batch / seconds,
+        "peak_rss_gib": peak,
+    }
 
 
 def tokens_worker(sides: list[int], repeats: int) -> list[dict]:
@@ -73,7 +78,10 @@ def tokens_worker(sides: list[int], repeats: int) -> list[dict]:
     rows = []
     for side in sides:
         q, k, v = (torch.randn(1, side, side, heads, dim, requires_grad=True) for _ in range(3))
-        flat = [t.detach().reshape(1, side * side, heads, dim).transpose(1, 2).requires_grad_() for t in (q, k, v)]
+        flat = [
+            t.detach().reshape(1, side * side, heads, dim).transpose(1, 2).requires_grad_()
+            for t in (q, k, v)
+        ]
 
         def neighbourhood(q=q, k=k, v=v):
             na2d(q, k, v, kernel, 1, rpb).sum().backward()
@@ -86,7 +94,11 @@ def tokens_worker(sides: list[int], repeats: int) -> list[dict]:
                 backbone(torch.randn(1, 3, 4 * side, 4 * side))
 
         row = {"side": side, "tokens": side * side}
-        for name, fn in (("na_ms", neighbourhood), ("full_ms", full), ("backbone_ms", whole_backbone)):
+        for name, fn in (
+            ("na_ms", neighbourhood),
+            ("full_ms", full),
+            ("backbone_ms", whole_backbone),
+        ):
             fn()  # warm-up
             times = []
             for _ in range(repeats):
@@ -99,8 +111,9 @@ def tokens_worker(sides: list[int], repeats: int) -> list[dict]:
 
 
 def in_subprocess(*args: str) -> object:
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -112,7 +125,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     tokens = [r["tokens"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.loglog(tokens, [r["na_ms"] for r in rows], "o-", label="neighbourhood attention (k=7), fwd+bwd")
+    ax.loglog(
+        tokens, [r["na_ms"] for r in rows], "o-", label="neighbourhood attention (k=7), fwd+bwd"
+    )
     ax.loglog(tokens, [r["full_ms"] for r in rows], "s-", label="full attention (SDPA), fwd+bwd")
     ax.loglog(tokens, [r["backbone_ms"] for r in rows], "^-", label="NAT-Mini backbone, forward")
     ax.set_xlabel("tokens of the stage-1 map (image pixels / 16)")
@@ -125,7 +140,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--part", choices=("train", "tokens", "both"), default="both")
     parser.add_argument("--backends", default="torch,fused")
     parser.add_argument("--batch", type=int, default=2)
@@ -145,16 +162,22 @@ def main() -> None:
         print("| backend | batch | s/step | img/s | peak RSS (GiB) |\n|---|---:|---:|---:|---:|")
         for backend in args.backends.split(","):
             r = in_subprocess("train", backend, str(args.batch), str(args.steps))
-            print(f"| {r['backend']} | {r['batch']} | {r['s_per_step']:.2f} | {r['img_per_s']:.2f} | {r['peak_rss_gib']:.2f} |")
+            print(
+                f"| {r['backend']} | {r['batch']} | {r['s_per_step']:.2f} | {r['img_per_s']:.2f} | {r['peak_rss_gib']:.2f} |"
+            )
     if args.part in ("tokens", "both"):
         rows = in_subprocess("tokens", args.sides, str(args.repeats))
-        print("| side | tokens | NA ms | full ms | full / NA | NA us/token | full us/token | backbone ms | backbone us/token |")
+        print(
+            "| side | tokens | NA ms | full ms | full / NA | NA us/token | full us/token | backbone ms | backbone us/token |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             t = r["tokens"]
-            print(f"| {r['side']} | {t} | {r['na_ms']:.2f} | {r['full_ms']:.2f} | {r['full_ms'] / r['na_ms']:.1f} | "
-                  f"{1e3 * r['na_ms'] / t:.2f} | {1e3 * r['full_ms'] / t:.2f} | {r['backbone_ms']:.1f} | "
-                  f"{1e3 * r['backbone_ms'] / t:.2f} |")
+            print(
+                f"| {r['side']} | {t} | {r['na_ms']:.2f} | {r['full_ms']:.2f} | {r['full_ms'] / r['na_ms']:.1f} | "
+                f"{1e3 * r['na_ms'] / t:.2f} | {1e3 * r['full_ms'] / t:.2f} | {r['backbone_ms']:.1f} | "
+                f"{1e3 * r['backbone_ms'] / t:.2f} |"
+            )
         plot(rows, HERE / "seg_tokens.png")
 
 

@@ -12,4 +12,6 @@ python -m pip install -q --no-build-isolation "natten>=0.21"
 python -m pip install -q -e ".[dev]"
 # two workers, each file on one (its module-scoped fits run once); tests/conftest.py gives each
 # worker half the cores. On 2 cores: ops, journeys, compile and DDP files 5.5 min -> 2.8 min.
+ruff check src tests experiments scripts
+ruff format --check src tests experiments scripts
 python -m pytest -n 2 --dist loadfile "$@"

@@ -14,16 +14,31 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "2"]
+QUICK = [
+    "--config",
+    "configs/quickstart.yaml",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.max_epochs",
+    "2",
+]
 
 
 def run_module(module: str, *args: str, timeout: float, env: dict | None = None) -> tuple[int, str]:
     """``python -m module *args`` in the repository, in a session of its own: its exit status and
     output. Past ``timeout`` seconds its whole process group (DDP ranks, data workers) is killed
     and the test fails."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -39,8 +54,13 @@ def run_module(module: str, *args: str, timeout: float, env: dict | None = None)
 
 def offline_env(folder: Path) -> dict:
     """No Hub access; a datasets cache of the test's own; the repository importable."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0",
-            "HF_DATASETS_CACHE": str(folder / "hf_cache"), "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",
+        "HF_DATASETS_CACHE": str(folder / "hf_cache"),
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def cli(*args: str, timeout: float = 240, expect: int = 0) -> str:
@@ -60,5 +80,3 @@ def last_value(rows: list[dict], key: str) -> float:
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-

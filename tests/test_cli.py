@@ -18,9 +18,18 @@ from nat_lightning.export import export, load_checkpoint
 from nat_lightning.runs import runs_in
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-QUICK = ["--config", "configs/quickstart.yaml", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false"]
+QUICK = [
+    "--config",
+    "configs/quickstart.yaml",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +62,9 @@ def test_segmentation_configs_choose_the_segmenter_its_data_metric_and_writer(co
 def test_seven_segmentation_configs():
     names = {c.name for c in SEGMENTATION}
     assert names == {"seg_quickstart.yaml", "finetune_sidewalk.yaml"} | {
-        f"ade20k_upernet_{v}.yaml" for v in ("nat_mini", "nat_tiny", "nat_small", "nat_base", "dinat_tiny")}
+        f"ade20k_upernet_{v}.yaml"
+        for v in ("nat_mini", "nat_tiny", "nat_small", "nat_base", "dinat_tiny")
+    }
 
 
 def test_a_misspelt_key_is_named(capsys):
@@ -103,7 +114,12 @@ def interrupted(tmp_path_factory):
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C
-            fit(root, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.test_cli.KillMidEpoch")
+            fit(
+                root,
+                "--trainer.max_epochs",
+                "2",
+                "--trainer.callbacks+=tests.test_cli.KillMidEpoch",
+            )
     finally:
         signal.signal(signal.SIGINT, handler)
     return root
@@ -129,8 +145,19 @@ def test_a_fit_after_a_crash_starts_afresh_even_with_another_model(interrupted, 
     here a plain fit never does: a new run, even with a network whose weights would not load."""
     interrupted_fit(interrupted, tmp_path)
     other = '{"embed_dim": 16, "depths": [1], "num_heads": [1], "kernel_size": 3}'  # not nat_pico
-    fresh = fit(tmp_path, "--trainer.max_epochs", "1", "--model.model", other, "--data.image_size", "16",
-                "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0")
+    fresh = fit(
+        tmp_path,
+        "--trainer.max_epochs",
+        "1",
+        "--model.model",
+        other,
+        "--data.image_size",
+        "16",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "0",
+    )
     assert fresh.parent.name == "version_1"
     state = torch.load(fresh / "last.ckpt", weights_only=True)
     assert state["global_step"] == 1 and state["hyper_parameters"]["model"]["embed_dim"] == 16
@@ -138,16 +165,38 @@ def test_a_fit_after_a_crash_starts_afresh_even_with_another_model(interrupted, 
 
 def test_validate_and_predict_from_a_checkpoint(trained, tmp_path):
     _, last = trained
-    main(["validate", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(last),
-          "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "1"])
+    main(
+        [
+            "validate",
+            "--config",
+            "configs/eval_digits.yaml",
+            "--ckpt_path",
+            str(last),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.limit_val_batches",
+            "1",
+        ]
+    )
     images = tmp_path / "images"
     images.mkdir()
     from PIL import Image
 
     for i in range(3):
         Image.new("L", (8, 8), 40 * i).save(images / f"img{i}.png")
-    main(["predict", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(last),
-          "--trainer.default_root_dir", str(tmp_path), "--data.predict_paths", str(images)])
+    main(
+        [
+            "predict",
+            "--config",
+            "configs/eval_digits.yaml",
+            "--ckpt_path",
+            str(last),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.predict_paths",
+            str(images),
+        ]
+    )
     rows = list(csv.reader((runs_in(tmp_path)[-1] / "predictions.csv").open()))
     assert rows[0][:2] == ["id", "label_1"] and len(rows) == 4
     assert rows[1][0].endswith("img0.png")
@@ -159,14 +208,21 @@ def test_export_transformers_folder(trained, tmp_path):
     _, last = trained
     out = tmp_path / "exported"
     main(["export", "--ckpt_path", str(last), "--output", str(out)])
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+    }
     pre = json.loads((out / "preprocessor_config.json").read_text())
     assert pre["crop_size"] == {"height": 32, "width": 32} and pre["image_mean"] == [0.5, 0.5, 0.5]
     assert "val/acc1" in (out / "README.md").read_text()
     model, _ = load_checkpoint(str(last))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(NatForImageClassification.from_pretrained(out).eval()(x).logits, model(x))
+        torch.testing.assert_close(
+            NatForImageClassification.from_pretrained(out).eval()(x).logits, model(x)
+        )
     with pytest.raises(FileExistsError, match="already exists.*--overwrite"):
         export(str(last), str(out))
     export(str(last), str(out), overwrite=True)
@@ -213,14 +269,32 @@ def test_the_ddp_config_sets_a_collective_timeout(tmp_path):
     from nat_lightning.data import HFImageDataModule
     from nat_lightning.tasks import NatClassifier
 
-    cli = NatLightningCLI(NatClassifier, HFImageDataModule, run=False, args=[
-        "--config", "configs/ddp_gpus.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--model.model", "nat_pico", "--trainer.default_root_dir", str(tmp_path)])
+    cli = NatLightningCLI(
+        NatClassifier,
+        HFImageDataModule,
+        run=False,
+        args=[
+            "--config",
+            "configs/ddp_gpus.yaml",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--model.model",
+            "nat_pico",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+    )
     assert cli.trainer.strategy._timeout == timedelta(minutes=5)
 
 
 def test_ckpt_path_last_without_a_run_names_the_root(tmp_path):
-    with pytest.raises(ValueError, match="ckpt_path='last': no run under default_root_dir=.*runs: none"):
+    with pytest.raises(
+        ValueError, match="ckpt_path='last': no run under default_root_dir=.*runs: none"
+    ):
         main(["fit", *QUICK, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
     with pytest.raises(ValueError, match="ckpt_path='nowhere.ckpt' does not exist"):
-        main(["validate", "--ckpt_path", "nowhere.ckpt", "--trainer.default_root_dir", str(tmp_path)])
+        main(
+            ["validate", "--ckpt_path", "nowhere.ckpt", "--trainer.default_root_dir", str(tmp_path)]
+        )

@@ -33,8 +33,10 @@ def test_compiled_network_matches_eager_values_and_gradients():
     compiled = torch.compile(twin, fullgraph=True)
     # no on-disk caches: an entry another run left for the same graph can carry guards that pin
     # the batch, which mark_dynamic then reports as an error
-    with torch._inductor.config.patch(fx_graph_cache=False), \
-            torch._functorch.config.patch(enable_autograd_cache=False):
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
         _compare(eager, twin, compiled)
 
 
@@ -49,12 +51,21 @@ def _compare(eager, twin, compiled) -> None:
             net.zero_grad(set_to_none=True)
             out = run(images, labels)
             out.loss.backward()
-            results.append({"logits": out.logits.detach(), "loss": out.loss.detach(),
-                            **{name: p.grad for name, p in net.named_parameters()}})
+            results.append(
+                {
+                    "logits": out.logits.detach(),
+                    "loss": out.loss.detach(),
+                    **{name: p.grad for name, p in net.named_parameters()},
+                }
+            )
         expected, got = results
         assert any(".rpb" in name for name in got)
         for name, value in expected.items():
-            assert relative_error(got[name], value) < REL, (batch, name, relative_error(got[name], value))
+            assert relative_error(got[name], value) < REL, (
+                batch,
+                name,
+                relative_error(got[name], value),
+            )
 
 
 @pytest.mark.slow
@@ -64,13 +75,35 @@ def test_cli_fits_with_compile(tmp_path):
     path, 16 px) and one batch each of training and validation: inductor compiles a C++ kernel per
     fused op of the training and the evaluation graph, about 1 s each with a cold cache (nat_pico
     at 32 px: 100 s; this: 40 s)."""
-    network = ('{"embed_dim": 16, "depths": [1], "num_heads": [1], "kernel_size": 3, '
-               '"mlp_ratio": 1.0, "drop_path_rate": 0.0}')
-    out = cli("fit", "--config", "configs/quickstart.yaml", "--model.compile", "true",
-              "--model.model", network, "--data.image_size", "16",
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-              "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path), timeout=900)
-    logged = [row["val/acc1"] for path in tmp_path.rglob("metrics.csv")
-              for row in csv.DictReader(path.open()) if row.get("val/acc1")]
+    network = (
+        '{"embed_dim": 16, "depths": [1], "num_heads": [1], "kernel_size": 3, '
+        '"mlp_ratio": 1.0, "drop_path_rate": 0.0}'
+    )
+    out = cli(
+        "fit",
+        "--config",
+        "configs/quickstart.yaml",
+        "--model.compile",
+        "true",
+        "--model.model",
+        network,
+        "--data.image_size",
+        "16",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        timeout=900,
+    )
+    logged = [
+        row["val/acc1"]
+        for path in tmp_path.rglob("metrics.csv")
+        for row in csv.DictReader(path.open())
+        if row.get("val/acc1")
+    ]
     assert "val/acc1" in out or logged, out[-3000:]
     assert all(0.0 <= float(value) <= 1.0 for value in logged)

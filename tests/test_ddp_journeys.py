@@ -37,14 +37,32 @@ class SigtermAt(L.Callback):
 
 
 def test_sigterm_stops_every_rank_writes_on_exception_once_and_resumes(tmp_path):
-    out = cli("fit", *QUICK, *DDP, *NO_VAL, "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.callbacks+=tests.test_ddp_journeys.SigtermAt", timeout=300, expect=143)
+    out = cli(
+        "fit",
+        *QUICK,
+        *DDP,
+        *NO_VAL,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.callbacks+=tests.test_ddp_journeys.SigtermAt",
+        timeout=300,
+        expect=143,
+    )
     folder = tmp_path / "version_0" / "checkpoints"
     stopped = load(folder / "on_exception.ckpt")
     assert stopped["epoch"] == 1 and 3 <= stopped["global_step"] <= 5, out[-3000:]
     assert out.count("on_exception.ckpt; resume with --ckpt_path last") == 1
-    cli("fit", *QUICK, *DDP, *NO_VAL, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last",
-        timeout=180)
+    cli(
+        "fit",
+        *QUICK,
+        *DDP,
+        *NO_VAL,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        "last",
+        timeout=180,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["version_0"]
     assert load(folder / "last.ckpt")["global_step"] == 6
 
@@ -56,15 +74,31 @@ class SaveRankWeights(L.Callback):
         self._start = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def on_fit_end(self, trainer, pl_module):
-        torch.save({"start": self._start, "end": pl_module.state_dict()},
-                   f"{trainer.default_root_dir}/weights.rank{trainer.global_rank}.pt")
+        torch.save(
+            {"start": self._start, "end": pl_module.state_dict()},
+            f"{trainer.default_root_dir}/weights.rank{trainer.global_rank}.pt",
+        )
 
 
 def test_freeze_then_thaw_through_the_cli_keeps_the_ranks_identical(tmp_path):
-    cli("fit", *QUICK, *DDP, *NO_VAL, "--model.finetune", "freeze_backbone", "--model.unfreeze_at_epoch", "1",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=tests.test_ddp_journeys.SaveRankWeights",
-        timeout=180)
-    ranks = [torch.load(tmp_path / "version_0" / f"weights.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    cli(
+        "fit",
+        *QUICK,
+        *DDP,
+        *NO_VAL,
+        "--model.finetune",
+        "freeze_backbone",
+        "--model.unfreeze_at_epoch",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.callbacks+=tests.test_ddp_journeys.SaveRankWeights",
+        timeout=180,
+    )
+    ranks = [
+        torch.load(tmp_path / "version_0" / f"weights.rank{r}.pt", weights_only=True)
+        for r in (0, 1)
+    ]
     for key, value in ranks[0]["end"].items():
         assert torch.equal(value, ranks[1]["end"][key]), key  # the thawed backbone was all-reduced
     backbone = [k for k in ranks[0]["end"] if k.startswith("network.nat.") and "norm" not in k]

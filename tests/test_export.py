@@ -234,7 +234,9 @@ def test_onnx_without_onnx_names_the_extra(checkpoint, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("size_in, size_out", [((16, 16), 6), ((2, 3), 6), ((7, 5), 3), ((9, 13), 2), ((1, 1), 1)])
+@pytest.mark.parametrize(
+    "size_in, size_out", [((16, 16), 6), ((2, 3), 6), ((7, 5), 3), ((9, 13), 2), ((1, 1), 1)]
+)
 def test_fixed_adaptive_pool_equals_torchs_adaptive_pool(size_in, size_out):
     """The ONNX export's stand-in for UPerNet's pyramid pooling, against torch's own op."""
     from nat_lightning.export import FixedAdaptivePool

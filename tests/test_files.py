@@ -71,7 +71,9 @@ def test_a_checkpoint_is_read_once_while_it_is_unchanged(tmp_path, monkeypatch):
     from nat_lightning.task_choice import checkpoint_class
 
     path = tmp_path / "last.ckpt"
-    torch.save({"global_step": 3, "hyper_parameters": {"_class_path": "nat_lightning.NatSegmenter"}}, path)
+    torch.save(
+        {"global_step": 3, "hyper_parameters": {"_class_path": "nat_lightning.NatSegmenter"}}, path
+    )
     reads = []
     real = files.read_weights_only
     monkeypatch.setattr(files, "read_weights_only", lambda p: reads.append(p) or real(p))

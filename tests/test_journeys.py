@@ -45,8 +45,15 @@ def test_a_fit_prints_its_run_folder_and_none_of_lightnings_false_alarms(root):
     assert parts.keys() == {"run", "last", "best"}, closing
     assert parts["run"] == f"folder {root / 'version_1'}"
     assert parts["last"] == str(root / "version_1" / "checkpoints" / "last.ckpt")
-    assert Path(parts["best"]).is_file() and Path(parts["best"]).parent == root / "version_1" / "checkpoints"
-    for alarm in ("args and command line arguments", "was called without a model", "Restoring states"):
+    assert (
+        Path(parts["best"]).is_file()
+        and Path(parts["best"]).parent == root / "version_1" / "checkpoints"
+    )
+    for alarm in (
+        "args and command line arguments",
+        "was called without a model",
+        "Restoring states",
+    ):
         assert alarm not in out
     flops = [line for line in out.splitlines() if "Total FLOPs" in line]
     assert flops and "Total FLOPs: 0 " not in flops[0] + " "
@@ -64,8 +71,14 @@ def test_a_second_fit_starts_a_fresh_run_and_leaves_the_first_alone(root):
 
 def test_kill_9_then_ckpt_path_last_resumes_the_newest_run_bit_identically(root, tmp_path):
     killed = tmp_path / "killed"
-    cli("fit", *QUICK, "--trainer.default_root_dir", str(killed),
-        "--trainer.callbacks+=tests.test_journeys.SigkillAt", expect=-signal.SIGKILL)
+    cli(
+        "fit",
+        *QUICK,
+        "--trainer.default_root_dir",
+        str(killed),
+        "--trainer.callbacks+=tests.test_journeys.SigkillAt",
+        expect=-signal.SIGKILL,
+    )
     cut = load(killed / "version_0" / "checkpoints" / "last.ckpt")
     assert cut["global_step"] == 3 and cut["epoch"] == 0  # written at the end of epoch 0
     out = cli("fit", *QUICK, "--trainer.default_root_dir", str(killed), "--ckpt_path", "last")
@@ -79,7 +92,9 @@ def test_kill_9_then_ckpt_path_last_resumes_the_newest_run_bit_identically(root,
         assert torch.equal(value, resumed["state_dict"][key]), key
     for key, value in full["optimizer_states"][0]["state"][0].items():  # AdamW's moments too
         assert torch.equal(value, resumed["optimizer_states"][0]["state"][0][key]), key
-    assert (killed / "version_0" / "resumed_1" / "metrics.csv").is_file()  # the first part's logs kept
+    assert (
+        killed / "version_0" / "resumed_1" / "metrics.csv"
+    ).is_file()  # the first part's logs kept
     assert metrics(killed / "version_0")
 
 
@@ -97,38 +112,75 @@ def test_a_failed_start_leaves_nothing_to_resume_and_last_continues_the_trained_
     untrained = {"global_step": 0, "epoch": 0, "state_dict": {}}
     torch.save(untrained, runs / "version_2" / "checkpoints" / "on_exception.ckpt")
 
-    out = cli("fit", *QUICK, "--trainer.max_epochs", "3", "--ckpt_path", "last",
-              "--trainer.default_root_dir", str(runs))
+    out = cli(
+        "fit",
+        *QUICK,
+        "--trainer.max_epochs",
+        "3",
+        "--ckpt_path",
+        "last",
+        "--trainer.default_root_dir",
+        str(runs),
+    )
     last = runs / "version_0" / "checkpoints" / "last.ckpt"
-    assert (f"--ckpt_path last: resuming {runs / 'version_0'} from {last} (step 6); passed over newer "
-            "runs that had not trained: version_2 (on_exception.ckpt at step 0), version_1 (no "
-            "checkpoint)") in out
+    assert (
+        f"--ckpt_path last: resuming {runs / 'version_0'} from {last} (step 6); passed over newer "
+        "runs that had not trained: version_2 (on_exception.ckpt at step 0), version_1 (no "
+        "checkpoint)"
+    ) in out
     assert load(last)["global_step"] == 9  # epochs 0-1 restored, epoch 2 trained
     assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1", "version_2"]
 
 
 def test_max_epochs_0_names_no_checkpoint_that_does_not_exist(tmp_path):
-    out = cli("fit", *QUICK, "--trainer.max_epochs", "0", "--trainer.default_root_dir", str(tmp_path))
+    out = cli(
+        "fit", *QUICK, "--trainer.max_epochs", "0", "--trainer.default_root_dir", str(tmp_path)
+    )
     closing = [line for line in out.splitlines() if line.startswith("fit finished")]
-    assert closing == [f"fit finished: run folder {tmp_path / 'version_0'}; no checkpoint written "
-                       "(no training epoch ended)"], out[-2000:]
+    assert closing == [
+        f"fit finished: run folder {tmp_path / 'version_0'}; no checkpoint written "
+        "(no training epoch ended)"
+    ], out[-2000:]
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_one_class_is_refused_with_the_fix(tmp_path):
-    out = cli("fit", *QUICK, "--model.num_classes", "1", "--trainer.default_root_dir", str(tmp_path), expect=1)
+    out = cli(
+        "fit",
+        *QUICK,
+        "--model.num_classes",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        expect=1,
+    )
     last = out.strip().splitlines()[-1]
-    assert last.startswith("ValueError: num_classes=1: a classifier needs at least 2 classes"), out[-2000:]
+    assert last.startswith("ValueError: num_classes=1: a classifier needs at least 2 classes"), out[
+        -2000:
+    ]
     assert "num_classes=2" in last and "multi-label" in last
 
 
 def test_last_ckpt_holds_the_final_epoch_not_the_best(tmp_path):
     # the top-k checkpoint is written only at epoch 1 (every 2nd epoch); training ends at epoch 2
-    cli("fit", *QUICK, "--trainer.max_epochs", "3", "--checkpoint.every_n_epochs", "2",
-        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-        "--trainer.default_root_dir", str(tmp_path))
+    cli(
+        "fit",
+        *QUICK,
+        "--trainer.max_epochs",
+        "3",
+        "--checkpoint.every_n_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    )
     folder = tmp_path / "version_0" / "checkpoints"
-    assert [p.name for p in folder.glob("epoch*.ckpt")] == [next(folder.glob("epoch001-*.ckpt")).name]
+    assert [p.name for p in folder.glob("epoch*.ckpt")] == [
+        next(folder.glob("epoch001-*.ckpt")).name
+    ]
     last = load(folder / "last.ckpt")
     assert last["epoch"] == 2 and last["global_step"] == 3  # one batch an epoch
 
@@ -136,12 +188,23 @@ def test_last_ckpt_holds_the_final_epoch_not_the_best(tmp_path):
 def test_validate_and_predict_from_the_checkpoint_alone(root, tmp_path):
     """No --config: the checkpoint's model, 32 px crop, mean/std 0.5 and dataset."""
     run = root / "version_0"
-    out = cli("validate", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-              "--trainer.default_root_dir", str(tmp_path / "eval"), "--trainer.limit_val_batches", "2")
+    out = cli(
+        "validate",
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "eval"),
+        "--trainer.limit_val_batches",
+        "2",
+    )
     evaluated = tmp_path / "eval" / "version_0"
-    assert f"validate finished: run folder {evaluated}; metrics {evaluated / 'metrics.csv'}\n" in out
+    assert (
+        f"validate finished: run folder {evaluated}; metrics {evaluated / 'metrics.csv'}\n" in out
+    )
     expected = last_value(metrics(run), "val/acc1")
-    assert last_value(metrics(tmp_path / "eval" / "version_0"), "val/acc1") == pytest.approx(expected, abs=1e-6)
+    assert last_value(metrics(tmp_path / "eval" / "version_0"), "val/acc1") == pytest.approx(
+        expected, abs=1e-6
+    )
     assert expected > 0.15  # above chance (0.1): a model, not noise, is compared
 
     images = tmp_path / "images"
@@ -149,8 +212,15 @@ def test_validate_and_predict_from_the_checkpoint_alone(root, tmp_path):
     for i in range(2):
         Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(images / f"good{i}.png")
     (images / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    out = cli("predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-              "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images))
+    out = cli(
+        "predict",
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "pred"),
+        "--data.predict_paths",
+        str(images),
+    )
     written = tmp_path / "pred" / "version_0" / "predictions.csv"
     assert f"predict: wrote 3 row(s) to {written} (1 undecodable: no prediction" in out
     assert f"predict finished: run folder {written.parent}\n" in out
@@ -160,10 +230,21 @@ def test_validate_and_predict_from_the_checkpoint_alone(root, tmp_path):
     assert all(r["label_1"] in [str(d) for d in range(10)] and not r["error"] for r in rows[1:])
 
     only_bad = corrupt_folder(tmp_path / "only_bad", ["x.png", "y.png"], empty=True)
-    out = cli("predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.default_root_dir",
-              str(tmp_path / "pred_bad"), "--data.predict_paths", str(only_bad), expect=1)
+    out = cli(
+        "predict",
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "pred_bad"),
+        "--data.predict_paths",
+        str(only_bad),
+        expect=1,
+    )
     rows = list(csv.DictReader((tmp_path / "pred_bad" / "version_0" / "predictions.csv").open()))
-    assert [(Path(r["id"]).name, bool(r["error"])) for r in rows] == [("x.png", True), ("y.png", True)]
+    assert [(Path(r["id"]).name, bool(r["error"])) for r in rows] == [
+        ("x.png", True),
+        ("y.png", True),
+    ]
     assert "2 of 2 images in predict" in out and "x.png" in out
 
 
@@ -180,25 +261,65 @@ def three_class_folder(folder: Path, per_class: int = 12) -> Path:
 
 def test_a_three_class_fine_tune_predicts_with_the_eval_config_and_names_a_class_mismatch(tmp_path):
     data = three_class_folder(tmp_path / "colours")
-    cli("fit", *QUICK, "--trainer.max_epochs", "1", "--data.dataset", str(data), "--data.batch_size", "8",
-        "--trainer.default_root_dir", str(tmp_path / "ft"))
+    cli(
+        "fit",
+        *QUICK,
+        "--trainer.max_epochs",
+        "1",
+        "--data.dataset",
+        str(data),
+        "--data.batch_size",
+        "8",
+        "--trainer.default_root_dir",
+        str(tmp_path / "ft"),
+    )
     ckpt = tmp_path / "ft" / "version_0" / "checkpoints" / "last.ckpt"
     assert load(ckpt)["hyper_parameters"]["id2label"] == {0: "blue", 1: "green", 2: "red"}
-    cli("predict", "--config", "configs/eval_digits.yaml", "--ckpt_path", str(ckpt),
-        "--data.predict_paths", str(data / "red"), "--trainer.default_root_dir", str(tmp_path / "pred"))
+    cli(
+        "predict",
+        "--config",
+        "configs/eval_digits.yaml",
+        "--ckpt_path",
+        str(ckpt),
+        "--data.predict_paths",
+        str(data / "red"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "pred"),
+    )
     rows = list(csv.DictReader((tmp_path / "pred" / "version_0" / "predictions.csv").open()))
     assert len(rows) == 12 and {r["label_1"] for r in rows} <= {"red", "green", "blue"}
-    out = cli("validate", "--ckpt_path", str(ckpt), "--data.dataset", "null",
-              "--trainer.default_root_dir", str(tmp_path / "val"), expect=1)
+    out = cli(
+        "validate",
+        "--ckpt_path",
+        str(ckpt),
+        "--data.dataset",
+        "null",
+        "--trainer.default_root_dir",
+        str(tmp_path / "val"),
+        expect=1,
+    )
     assert "head has 3 classes but the data has 10" in out
 
 
 def test_max_steps_sizes_the_warmup_in_epochs_of_the_data(tmp_path):
     # 3 batches an epoch, warmup_epochs 1: the LR rises for 3 steps and peaks at model.lr
     # (no validation: only the schedule is checked)
-    cli("fit", *QUICK, "--trainer.max_epochs", "-1", "--trainer.max_steps", "7",
-        "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "0",
-        "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(tmp_path))
+    cli(
+        "fit",
+        *QUICK,
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.max_steps",
+        "7",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    )
     rows = metrics(tmp_path / "version_0")
     lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
     assert len(lrs) == 7
@@ -221,8 +342,17 @@ def corrupt_folder(folder: Path, names: list[str], empty: bool = False) -> Path:
 def test_an_undecodable_dataset_stops_with_an_error_naming_files(tmp_path, empty):
     names = [f"{c}/{i}.png" for c in ("a", "b") for i in range(4)]
     data = corrupt_folder(tmp_path / "bad", names, empty)
-    out = cli("fit", *QUICK, "--data.dataset", str(data), "--data.batch_size", "2",
-              "--trainer.default_root_dir", str(tmp_path / "runs"), expect=1)
+    out = cli(
+        "fit",
+        *QUICK,
+        "--data.dataset",
+        str(data),
+        "--data.batch_size",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        expect=1,
+    )
     assert "could not be decoded" in out and f"{data}/" in out and "max_skipped_fraction" in out
     assert "Traceback" not in out.split("could not be decoded")[-1]  # the error is the last word
 
@@ -233,8 +363,18 @@ def test_an_all_undecodable_batch_is_skipped_and_counted(tmp_path):
     three_class_folder(data / "validation", per_class=2)
     # the first validation batch (rows sorted by path, batch_size 2) is both of these
     corrupt_folder(data / "validation", ["blue/0000_bad.png", "blue/0001_bad.png"])
-    out = cli("fit", *QUICK, "--trainer.max_epochs", "1", "--data.dataset", str(data),
-              "--data.batch_size", "2", "--trainer.default_root_dir", str(tmp_path / "runs"))
+    out = cli(
+        "fit",
+        *QUICK,
+        "--trainer.max_epochs",
+        "1",
+        "--data.dataset",
+        str(data),
+        "--data.batch_size",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    )
     rows = metrics(tmp_path / "runs" / "version_0")
     assert last_value(rows, "data/skipped_validate") == 2, out[-3000:]
     assert last_value(rows, "data/skipped_train") == 0
@@ -252,19 +392,50 @@ def test_fine_tuning_takes_the_pretrained_preprocessing_unless_set(root, tmp_pat
     source = root / "version_0" / "checkpoints" / "last.ckpt"
     folder = tmp_path / "exported"
     out = cli("export", "--ckpt_path", str(source), "--output", str(folder))
-    assert f"export: wrote {folder} (README.md, config.json, model.safetensors, preprocessor_config.json)" in out
+    assert (
+        f"export: wrote {folder} (README.md, config.json, model.safetensors, preprocessor_config.json)"
+        in out
+    )
     data = three_class_folder(tmp_path / "colours", per_class=4)
-    tiny = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-            "--data.dataset", str(data), "--data.batch_size", "4", "--data.num_workers", "0"]
+    tiny = [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.dataset",
+        str(data),
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+    ]
     quickstart = {"image_size": 32, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3}
-    for i, (pretrained, extra, expected) in enumerate([
-        (folder, [], quickstart),
-        (folder, ["--data.image_size", "48", "--data.std", "[0.25,0.25,0.25]"],
-         {**quickstart, "image_size": 48, "std": [0.25] * 3}),
-        (source, [], quickstart),
-    ]):
-        cli("fit", "--model.pretrained", str(pretrained), *tiny, *extra, "--trainer.default_root_dir", str(tmp_path / "ft"))
+    for i, (pretrained, extra, expected) in enumerate(
+        [
+            (folder, [], quickstart),
+            (
+                folder,
+                ["--data.image_size", "48", "--data.std", "[0.25,0.25,0.25]"],
+                {**quickstart, "image_size": 48, "std": [0.25] * 3},
+            ),
+            (source, [], quickstart),
+        ]
+    ):
+        cli(
+            "fit",
+            "--model.pretrained",
+            str(pretrained),
+            *tiny,
+            *extra,
+            "--trainer.default_root_dir",
+            str(tmp_path / "ft"),
+        )
         ckpt = tmp_path / "ft" / f"version_{i}" / "checkpoints" / "last.ckpt"
         got = data_settings(ckpt)
-        assert {**got, "mean": list(got["mean"]), "std": list(got["std"])} == expected, (pretrained, extra)
+        assert {**got, "mean": list(got["mean"]), "std": list(got["std"])} == expected, (
+            pretrained,
+            extra,
+        )
         assert load(ckpt)["hyper_parameters"]["num_classes"] == 3  # the data's classes, a new head

@@ -18,8 +18,16 @@ from tests.runner import cli, last_value, load, metrics, offline_env, run_module
 from nat_lightning import NatForSemanticSegmentation, NatSegmenter
 from nat_lightning.data import SHAPES_CLASSES
 
-SEG = ["--config", "configs/seg_quickstart.yaml", "--trainer.limit_train_batches", "3",
-       "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "2"]
+SEG = [
+    "--config",
+    "configs/seg_quickstart.yaml",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.max_epochs",
+    "2",
+]
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
@@ -39,7 +47,9 @@ def test_the_quickstart_fits_a_segmenter_and_keeps_the_best_miou(run):
     assert last_value(rows, "val/pixel_acc") >= miou  # (a stricter measure never exceeds it)
     assert all(any(r.get(f"val/iou/{name}") for r in rows) for name in SHAPES_CLASSES)
     checkpoints = sorted(p.name for p in (folder / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints and any(n.startswith("epoch") and "-miou" in n for n in checkpoints)
+    assert "last.ckpt" in checkpoints and any(
+        n.startswith("epoch") and "-miou" in n for n in checkpoints
+    )
     last = load(folder / "checkpoints" / "last.ckpt")
     assert last["hyper_parameters"]["_class_path"] == "nat_lightning.NatSegmenter"
     assert last["epoch"] == 1 and last["global_step"] == 6
@@ -48,10 +58,19 @@ def test_the_quickstart_fits_a_segmenter_and_keeps_the_best_miou(run):
 def test_validate_from_the_checkpoint_alone_gives_the_runs_miou(run, tmp_path):
     """No --config: the checkpoint says NatSegmenter, its shapes data, 64 px and mean/std 0.5."""
     folder, _ = run
-    cli("validate", "--ckpt_path", str(folder / "checkpoints" / "last.ckpt"),
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "2")
+    cli(
+        "validate",
+        "--ckpt_path",
+        str(folder / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.limit_val_batches",
+        "2",
+    )
     expected = last_value(metrics(folder), "val/miou")
-    assert last_value(metrics(tmp_path / "version_0"), "val/miou") == pytest.approx(expected, abs=1e-6)
+    assert last_value(metrics(tmp_path / "version_0"), "val/miou") == pytest.approx(
+        expected, abs=1e-6
+    )
 
 
 def test_predict_writes_a_palette_mask_per_image_at_its_size_and_an_index(run, tmp_path):
@@ -63,12 +82,22 @@ def test_predict_writes_a_palette_mask_per_image_at_its_size_and_an_index(run, t
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(images / name)
     (images / "d_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    printed = cli("predict", "--ckpt_path", str(folder / "checkpoints" / "last.ckpt"),
-                  "--trainer.default_root_dir", str(tmp_path / "pred"), "--data.predict_paths", str(images),
-                  "--prediction.overlay", "true")
+    printed = cli(
+        "predict",
+        "--ckpt_path",
+        str(folder / "checkpoints" / "last.ckpt"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "pred"),
+        "--data.predict_paths",
+        str(images),
+        "--prediction.overlay",
+        "true",
+    )
     out = tmp_path / "pred" / "version_0" / "masks"
-    assert (f"predict: wrote 3 mask and overlay PNGs to {out} and their index to {out / 'index.csv'} "
-            "(1 undecodable: no mask)") in printed
+    assert (
+        f"predict: wrote 3 mask and overlay PNGs to {out} and their index to {out / 'index.csv'} "
+        "(1 undecodable: no mask)"
+    ) in printed
     rows = list(csv.DictReader((out / "index.csv").open()))
     assert [Path(r["id"]).name for r in rows] == [*sizes, "d_bad.png"]
     assert rows[-1]["error"] and not rows[-1]["file"]
@@ -79,12 +108,16 @@ def test_predict_writes_a_palette_mask_per_image_at_its_size_and_an_index(run, t
         assert Image.open(out / row["overlay"]).size == (w, h)
 
 
-def test_export_writes_an_upernet_folder_and_onnx_that_compute_the_checkpoints_logits(run, tmp_path):
+def test_export_writes_an_upernet_folder_and_onnx_that_compute_the_checkpoints_logits(
+    run, tmp_path
+):
     folder, _ = run
     ckpt = str(folder / "checkpoints" / "last.ckpt")
     printed = cli("export", "--ckpt_path", ckpt, "--output", str(tmp_path / "hf"))
-    assert (f"export: wrote {tmp_path / 'hf'} (README.md, config.json, model.safetensors, "
-            "preprocessor_config.json)") in printed
+    assert (
+        f"export: wrote {tmp_path / 'hf'} (README.md, config.json, model.safetensors, "
+        "preprocessor_config.json)"
+    ) in printed
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["UperNetForSemanticSegmentation"]
     assert config["id2label"] == {str(i): n for i, n in enumerate(SHAPES_CLASSES)}
@@ -100,7 +133,9 @@ def test_export_writes_an_upernet_folder_and_onnx_that_compute_the_checkpoints_l
         torch.testing.assert_close(exported(x).logits, expected, rtol=0, atol=0)
 
     ort = pytest.importorskip("onnxruntime")
-    printed = cli("export", "--ckpt_path", ckpt, "--output", str(tmp_path / "seg.onnx"), "--format", "onnx")
+    printed = cli(
+        "export", "--ckpt_path", ckpt, "--output", str(tmp_path / "seg.onnx"), "--format", "onnx"
+    )
     assert f"export: wrote {tmp_path / 'seg.onnx'}\n" in printed
     session = ort.InferenceSession(str(tmp_path / "seg.onnx"))
     (logits,) = session.run(None, {"pixel_values": x.numpy()})
@@ -120,11 +155,21 @@ def test_a_two_process_fit_validates_every_image_once(tmp_path):
 def test_the_hub_fine_tune_recipe_fails_clearly_offline(tmp_path):
     """Without network or cache: the error itself (not jsonargparse's wrapping) names the
     checkpoint, then, with no pretrained weights, the dataset."""
-    args = ["fit", "--config", "configs/finetune_sidewalk.yaml", "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "fit",
+        "--config",
+        "configs/finetune_sidewalk.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     env = {**offline_env(tmp_path), "HF_HOME": str(tmp_path / "hf_home")}
     code, out = run_module("nat_lightning", *args, timeout=120, env=env)
     last = out.strip().splitlines()[-1]
-    assert code == 1 and last.startswith("OSError: could not load 'shi-labs/nat-mini-in1k-224'"), out[-2000:]
+    assert code == 1 and last.startswith("OSError: could not load 'shi-labs/nat-mini-in1k-224'"), (
+        out[-2000:]
+    )
     assert "HF_HUB_OFFLINE" in last and "Union subtypes" not in out
-    code, out = run_module("nat_lightning", *args, "--model.pretrained", "null", timeout=120, env=env)
+    code, out = run_module(
+        "nat_lightning", *args, "--model.pretrained", "null", timeout=120, env=env
+    )
     assert code == 1 and "segments/sidewalk-semantic" in out.strip().splitlines()[-1], out[-2000:]

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from nat_lightning import NatClassifier, NatSegmenter
-from nat_lightning.task_choice import chosen_classes, import_class, init_arguments, known_tasks, task_of
+from nat_lightning.task_choice import (
+    chosen_classes,
+    import_class,
+    init_arguments,
+    known_tasks,
+    task_of,
+)
 from nat_lightning.tasks.base import NatTask
 
 CLASSIFY = ("nat_lightning.NatClassifier", None)
@@ -21,19 +27,31 @@ def test_the_classifier_without_any_choice():
 
 
 def test_yaml_then_command_line_later_wins(tmp_path):
-    seg = write(tmp_path / "seg.yaml", "model:\n  class_path: nat_lightning.NatSegmenter\n"
-                "data:\n  class_path: my.Data\n")
+    seg = write(
+        tmp_path / "seg.yaml",
+        "model:\n  class_path: nat_lightning.NatSegmenter\ndata:\n  class_path: my.Data\n",
+    )
     assert chosen_classes(["fit", "--config", seg]) == ("nat_lightning.NatSegmenter", "my.Data")
-    assert chosen_classes(["fit", "--config", seg, "--model", "NatClassifier"])[0] == "NatClassifier"
+    assert (
+        chosen_classes(["fit", "--config", seg, "--model", "NatClassifier"])[0] == "NatClassifier"
+    )
     assert chosen_classes(["fit", "--model=NatSegmenter", "--model.lr", "1"])[0] == "NatSegmenter"
     assert chosen_classes(["fit", "--model", "{class_path: NatSegmenter}"])[0] == "NatSegmenter"
 
 
 def test_a_checkpoint_names_its_class_unless_the_command_line_does(tmp_path):
     recorded = tmp_path / "cli.ckpt"
-    torch.save({"hyper_parameters": {"_class_path": "nat_lightning.NatSegmenter", "lr": 1.0}}, recorded)
-    assert chosen_classes(["validate", "--ckpt_path", str(recorded)])[0] == "nat_lightning.NatSegmenter"
-    assert chosen_classes(["validate", "--ckpt_path", str(recorded), "--model", "NatClassifier"])[0] == "NatClassifier"
+    torch.save(
+        {"hyper_parameters": {"_class_path": "nat_lightning.NatSegmenter", "lr": 1.0}}, recorded
+    )
+    assert (
+        chosen_classes(["validate", "--ckpt_path", str(recorded)])[0]
+        == "nat_lightning.NatSegmenter"
+    )
+    assert (
+        chosen_classes(["validate", "--ckpt_path", str(recorded), "--model", "NatClassifier"])[0]
+        == "NatClassifier"
+    )
     # Trainer.fit(NatSegmenter()) records no class path: its arguments tell
     bare = tmp_path / "bare.ckpt"
     torch.save({"hyper_parameters": {"inference": "slide", "auxiliary_weight": 0.4}}, bare)
@@ -56,14 +74,29 @@ def test_tasks_bring_their_data_and_metric():
 def test_a_task_states_what_the_cli_and_export_need():
     """The contract is code: a task without its class attributes cannot be defined, and one
     without the abstract methods cannot be built."""
-    methods = ("backbone", "backbone_config", "_build_network", "_use_network", "_adopt_classes",
-               "_training_loss", "_evaluate", "_predict",
-               "_log_epoch_metrics", "_param_groups", "_lr_scheduler", "_training_flops",
-               "preprocessor_config", "export_image_size")
+    methods = (
+        "backbone",
+        "backbone_config",
+        "_build_network",
+        "_use_network",
+        "_adopt_classes",
+        "_training_loss",
+        "_evaluate",
+        "_predict",
+        "_log_epoch_metrics",
+        "_param_groups",
+        "_lr_scheduler",
+        "_training_flops",
+        "preprocessor_config",
+        "export_image_size",
+    )
     assert NatTask.__abstractmethods__ == set(methods)
     defined = {name: (lambda self, *args: None) for name in methods}
-    with pytest.raises(TypeError, match=r"task Incomplete must set the class attributes "
-                                        r"\['monitor', 'checkpoint_filename', 'data_class', 'writer_class', 'card'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"task Incomplete must set the class attributes "
+        r"\['monitor', 'checkpoint_filename', 'data_class', 'writer_class', 'card'\]",
+    ):
         type("Incomplete", (NatTask,), defined)
     with pytest.raises(TypeError, match="Can't instantiate abstract class Half"):
         type("Half", (NatTask,), {})()

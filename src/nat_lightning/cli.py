@@ -54,7 +54,6 @@ DEFAULT_ROOT = runs.DEFAULT_ROOT
 _RUN_ENV = "NAT_LIGHTNING_RUN_DIR"
 
 
-
 def default_callbacks(trainer_config: dict) -> list:
     """Rich progress bar and summary, LR and images/s logging, unless the config turns them off."""
     callbacks = []
@@ -89,7 +88,9 @@ def checkpoint_defaults(checkpoint: dict, model_class: str, data_class: str | No
             continue
         accepted = task_choice.init_arguments(task_choice.import_class(class_path))
         init_args = {k: v for k, v in saved.items() if k in accepted}
-        if isinstance(init_args.get("dataset"), str) and init_args["dataset"].startswith("<in-memory"):
+        if isinstance(init_args.get("dataset"), str) and init_args["dataset"].startswith(
+            "<in-memory"
+        ):
             del init_args["dataset"]  # an in-memory dataset is recorded by its description only
         defaults[key] = {"class_path": class_path, "init_args": init_args}
     return defaults
@@ -209,7 +210,10 @@ class NatLightningCLI(LightningCLI):
             self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys
         ]
         if self.subcommand == "fit":
-            callbacks += [ExceptionCheckpoint(str(self._run / "checkpoints")), StopAllRanksOnSigterm()]
+            callbacks += [
+                ExceptionCheckpoint(str(self._run / "checkpoints")),
+                StopAllRanksOnSigterm(),
+            ]
         else:
             extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
             config["enable_checkpointing"] = False
@@ -307,5 +311,7 @@ def _run(argv: list[str] | None, args: list[str]) -> None:
             seed_everything_default=42,
             args=argv,  # None reads sys.argv (passing both would warn)
         )
-    except SIGTERMException:  # a SystemExit with code 0 in Lightning: a stopped run is not a success
+    except (
+        SIGTERMException
+    ):  # a SystemExit with code 0 in Lightning: a stopped run is not a success
         raise SystemExit(128 + signal.SIGTERM) from None

@@ -59,7 +59,12 @@ def model_card(model, checkpoint: dict) -> str:
     """README.md of an exported folder, from the task's ``card`` and the checkpoint."""
     card = model.card
     embedded, tags, pipeline, title, ours, theirs = (
-        card.embedded, card.tags, card.pipeline, card.title, card.ours, card.theirs
+        card.embedded,
+        card.tags,
+        card.pipeline,
+        card.title,
+        card.ours,
+        card.theirs,
     )
     kind = "DiNAT" if model.backbone_config.dilations else "NAT"
     dataset = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
@@ -115,7 +120,9 @@ def export(
     """
     target = Path(output)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"output={output!r} already exists; pass --overwrite true to replace it")
+        raise FileExistsError(
+            f"output={output!r} already exists; pass --overwrite true to replace it"
+        )
     if push_to_hub and format != "hf":
         raise ValueError(f"push_to_hub needs format='hf', got {format=}")
     if format == "onnx":
@@ -171,8 +178,14 @@ def write_onnx(model, path: Path, image_size: int, opset: int) -> None:
             return self.net(pixel_values).logits
 
     torch.onnx.export(
-        Logits(network).eval(), (dummy,), str(path), input_names=["pixel_values"], output_names=["logits"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+        Logits(network).eval(),
+        (dummy,),
+        str(path),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
     )
 
 

@@ -42,15 +42,32 @@ class LogsScores(BoringModel):
 
 
 def test_an_epoch_whose_metric_is_nan_is_never_kept_as_best(tmp_path):
-    best = BestCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max", save_top_k=2,
-                          filename="epoch{epoch}-score{val/score:.2f}", auto_insert_metric_name=False)
-    trainer = L.Trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[best, LastCheckpoint(dirpath=tmp_path)])
-    with pytest.warns(UserWarning, match=r"val/score=nan at epoch 0: not kept as a best checkpoint"):
+    best = BestCheckpoint(
+        dirpath=tmp_path,
+        monitor="val/score",
+        mode="max",
+        save_top_k=2,
+        filename="epoch{epoch}-score{val/score:.2f}",
+        auto_insert_metric_name=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=4,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[best, LastCheckpoint(dirpath=tmp_path)],
+    )
+    with pytest.warns(
+        UserWarning, match=r"val/score=nan at epoch 0: not kept as a best checkpoint"
+    ):
         trainer.fit(LogsScores([float("nan"), 0.5, float("inf"), 0.25]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch1-score0.50.ckpt", "epoch3-score0.25.ckpt",
-                                                          "last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch1-score0.50.ckpt",
+        "epoch3-score0.25.ckpt",
+        "last.ckpt",
+    ]
     assert Path(best.best_model_path).name == "epoch1-score0.50.ckpt"
 
 
@@ -66,12 +83,19 @@ def test_ckpt_path_last_reads_the_step_of_each_candidate(tmp_path):
     (tmp_path / "version_3" / "checkpoints").mkdir(parents=True)
     (tmp_path / "version_3" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     path, run, why = last_checkpoint(tmp_path)
-    assert (path, run) == (tmp_path / "version_0" / "checkpoints" / "last.ckpt", tmp_path / "version_0")
-    assert why.endswith("(step 4); passed over newer runs that had not trained: version_3 (last.ckpt "
-                        "unreadable), version_2 (no checkpoint), version_1 (last.ckpt at step 0, "
-                        "on_exception.ckpt at step 0)")
+    assert (path, run) == (
+        tmp_path / "version_0" / "checkpoints" / "last.ckpt",
+        tmp_path / "version_0",
+    )
+    assert why.endswith(
+        "(step 4); passed over newer runs that had not trained: version_3 (last.ckpt "
+        "unreadable), version_2 (no checkpoint), version_1 (last.ckpt at step 0, "
+        "on_exception.ckpt at step 0)"
+    )
     (tmp_path / "version_0" / "checkpoints" / "last.ckpt").unlink()
-    with pytest.raises(ValueError, match="written after a training step .*version_0 \\(no checkpoint\\)"):
+    with pytest.raises(
+        ValueError, match="written after a training step .*version_0 \\(no checkpoint\\)"
+    ):
         last_checkpoint(tmp_path)
 
 

@@ -93,7 +93,9 @@ def test_class_names_from_a_labels_file_the_features_or_a_count(tmp_path):
     assert class_names(features, str(listed), 2, "d") == ("a", "b")
     plain = Features({"image": Image(), "annotation": Image()})
     assert class_names(plain, None, 3, "d") == ("class_0", "class_1", "class_2")
-    with pytest.raises(ValueError, match="does not name its classes.*labels_file=.*unnamed_classes="):
+    with pytest.raises(
+        ValueError, match="does not name its classes.*labels_file=.*unnamed_classes="
+    ):
         class_names(plain, None, None, "d")
     with pytest.raises(ValueError, match="unnamed_classes=3 but the ClassLabel.*names 2 classes"):
         class_names(features, None, 3, "d")

@@ -219,8 +219,10 @@ def test_folds_are_disjoint_cover_the_split_and_keep_class_shares():
     from nat_lightning.data.sources import Split, carve_fold
 
     labels = [0] * 10 + [1] * 7 + [2] * 3  # 20 rows, unbalanced
-    data = Dataset.from_dict({"i": list(range(20)), "label": labels},
-                             features=Features({"i": Value("int64"), "label": ClassLabel(names=["a", "b", "c"])}))
+    data = Dataset.from_dict(
+        {"i": list(range(20)), "label": labels},
+        features=Features({"i": Value("int64"), "label": ClassLabel(names=["a", "b", "c"])}),
+    )
     train = Split("train", data, 20)
     parts = [carve_fold(train, 4, k, seed=3, label_column="label", dataset="toy") for k in range(4)]
     vals = [sorted(val.data["i"]) for _, val in parts]

@@ -202,7 +202,9 @@ def test_block_residuals_drop_whole_samples_and_scale_the_kept_ones():
     expected = mid + keep2 / 0.5 * (block.gamma2 * block.mlp(block.norm2(mid)))
     torch.testing.assert_close(got, expected)
     dropped = (keep1 == 0).flatten() & (keep2 == 0).flatten()
-    assert dropped.any() and torch.equal(got[dropped], x[dropped])  # both branches dropped: identity
+    assert dropped.any() and torch.equal(
+        got[dropped], x[dropped]
+    )  # both branches dropped: identity
 
 
 def test_attention_dropout_only_in_training_and_its_weighted_sum_is_na():

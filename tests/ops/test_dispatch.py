@@ -20,7 +20,9 @@ def test_backends_agree_on_cpu(backend):
     torch.manual_seed(0)
     q, k, v = _qkv(2, 9, 10, 2, 8, dtype=torch.float64)
     rpb = torch.randn(2, 5, 5, dtype=torch.float64)
-    torch.testing.assert_close(na2d(q, k, v, 3, 2, rpb, backend=backend), na2d_reference(q, k, v, 3, 2, rpb))
+    torch.testing.assert_close(
+        na2d(q, k, v, 3, 2, rpb, backend=backend), na2d_reference(q, k, v, 3, 2, rpb)
+    )
 
 
 def test_auto_never_picks_natten_on_cpu():
@@ -62,7 +64,10 @@ def test_natten_backend_serves_cpu_inference_without_rpb():
         (dict(kernel_size=1), "kernel_size=1"),
         (dict(kernel_size=5, dilation=2), "kernel_size \\* dilation must not exceed"),
         (dict(kernel_size=3, dilation=0), "dilation=0"),
-        (dict(kernel_size=3, rpb=torch.zeros(2, 3, 3)), "rpb must have shape .* got rpb.shape=\\(2, 3, 3\\)"),
+        (
+            dict(kernel_size=3, rpb=torch.zeros(2, 3, 3)),
+            "rpb must have shape .* got rpb.shape=\\(2, 3, 3\\)",
+        ),
         (dict(kernel_size=3, backend="cuda"), "backend must be one of"),
     ],
 )
@@ -89,8 +94,12 @@ def test_torch_backend_on_cuda_matches_reference():
     torch.manual_seed(0)
     q, k, v = (t.cuda() for t in _qkv(2, 20, 17, 2, 32))
     rpb = torch.randn(2, 13, 13, device="cuda")
-    torch.testing.assert_close(na2d(q, k, v, 7, 2, rpb, backend="torch"), na2d_reference(q, k, v, 7, 2, rpb),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        na2d(q, k, v, 7, 2, rpb, backend="torch"),
+        na2d_reference(q, k, v, 7, 2, rpb),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 @pytest.mark.gpu
@@ -99,8 +108,12 @@ def test_natten_on_cuda_matches_torch_backend():
     torch.manual_seed(0)
     q, k, v = (t.cuda().requires_grad_() for t in _qkv(2, 20, 17, 2, 32))
     assert select_backend("auto", q, None) == "natten"
-    torch.testing.assert_close(na2d(q, k, v, 7, 2, backend="natten"), na2d(q, k, v, 7, 2, backend="torch"),
-                               atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        na2d(q, k, v, 7, 2, backend="natten"),
+        na2d(q, k, v, 7, 2, backend="torch"),
+        atol=1e-3,
+        rtol=1e-3,
+    )
 
 
 def test_flex_backend_matches_reference_on_cpu_forward():
@@ -108,8 +121,12 @@ def test_flex_backend_matches_reference_on_cpu_forward():
     q, k, v = _qkv(2, 13, 10, 2, 16)
     rpb = torch.randn(2, 9, 9)
     with torch.no_grad():
-        torch.testing.assert_close(na2d(q, k, v, 5, 2, rpb, backend="flex"), na2d_reference(q, k, v, 5, 2, rpb),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            na2d(q, k, v, 5, 2, rpb, backend="flex"),
+            na2d_reference(q, k, v, 5, 2, rpb),
+            atol=1e-5,
+            rtol=1e-5,
+        )
     with pytest.raises(ValueError, match="no backward on the CPU"):
         na2d(q.requires_grad_(), k, v, 5, 2, rpb, backend="flex")
 

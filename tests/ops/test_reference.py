@@ -41,9 +41,15 @@ def loop_na2d(q, k, v, kernel_size, dilation, rpb, scale):
     b, h, w, heads, _ = q.shape
     out = torch.zeros_like(q)
     for i in range(h):
-        si, pi = natten_window_start(i, h, kernel_size, dilation), natten_pb_start(i, h, kernel_size, dilation)
+        si, pi = (
+            natten_window_start(i, h, kernel_size, dilation),
+            natten_pb_start(i, h, kernel_size, dilation),
+        )
         for j in range(w):
-            sj, pj = natten_window_start(j, w, kernel_size, dilation), natten_pb_start(j, w, kernel_size, dilation)
+            sj, pj = (
+                natten_window_start(j, w, kernel_size, dilation),
+                natten_pb_start(j, w, kernel_size, dilation),
+            )
             rows = [si + a * dilation for a in range(kernel_size)]
             cols = [sj + c * dilation for c in range(kernel_size)]
             keys = k[:, rows][:, :, cols]  # (B, k, k, heads, D)

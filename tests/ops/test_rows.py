@@ -97,12 +97,17 @@ def test_packed_qkv_gradient_matches_reference(height, width, kernel_size, dilat
 
 
 def test_na2d_qkv_rejects_unpacked_input():
-    with pytest.raises(ValueError, match=r"qkv must be \(batch, height, width, 3, heads, head_dim\), got qkv.shape=\(2, 9, 9, 12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"qkv must be \(batch, height, width, 3, heads, head_dim\), got qkv.shape=\(2, 9, 9, 12\)",
+    ):
         na2d_qkv(torch.zeros(2, 9, 9, 12), 3)
 
 
 @pytest.mark.parametrize("height,width,kernel_size,dilation,tile_size", SHAPES[:3] + SHAPES[-1:])
-def test_inference_path_matches_reference_without_rpb(height, width, kernel_size, dilation, tile_size):
+def test_inference_path_matches_reference_without_rpb(
+    height, width, kernel_size, dilation, tile_size
+):
     """No gradient needed: the forward reuses one row buffer instead of keeping the softmax."""
     torch.manual_seed(0)
     q, k, v, _ = _inputs(height, width, kernel_size)

@@ -27,8 +27,11 @@ def _inputs(height, width, kernel_size, dtype=torch.float64, batch=2, heads=3, h
 
 def test_shapes_cover_both_tilings():
     """SHAPES must exercise the strided (unfold) path and the indexed (gather) path."""
-    kinds = {strided_tiles(h // d if h % d == 0 and w % d == 0 else h, k, t, "cpu") is not None
-             for h, w, k, d, t in SHAPES if d == 1 or (h % d == 0 and w % d == 0)}
+    kinds = {
+        strided_tiles(h // d if h % d == 0 and w % d == 0 else h, k, t, "cpu") is not None
+        for h, w, k, d, t in SHAPES
+        if d == 1 or (h % d == 0 and w % d == 0)
+    }
     assert kinds == {True, False}
     assert strided_tiles(57, 7, 8, "cpu") is None  # a last tile of one query misses its window
 
@@ -37,12 +40,16 @@ def test_shapes_cover_both_tilings():
 def test_forward_and_weights_match_reference(height, width, kernel_size, dilation, tile_size):
     torch.manual_seed(0)
     q, k, v, rpb = _inputs(height, width, kernel_size)
-    out, weights = na2d_tiled(q, k, v, kernel_size, dilation, rpb, return_weights=True, tile_size=tile_size)
+    out, weights = na2d_tiled(
+        q, k, v, kernel_size, dilation, rpb, return_weights=True, tile_size=tile_size
+    )
     ref_out, ref_weights = na2d_reference(q, k, v, kernel_size, dilation, rpb, return_weights=True)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(weights, ref_weights)
-    torch.testing.assert_close(na2d_tiled(q, k, v, kernel_size, dilation, tile_size=tile_size),
-                               na2d_reference(q, k, v, kernel_size, dilation))
+    torch.testing.assert_close(
+        na2d_tiled(q, k, v, kernel_size, dilation, tile_size=tile_size),
+        na2d_reference(q, k, v, kernel_size, dilation),
+    )
 
 
 @pytest.mark.parametrize("dilation,rpb", [(1, True), (2, True), (3, False)])

@@ -66,8 +66,9 @@ RUN_TIMEOUT_S = 300  # a run takes ~45 s on a busy 2-core machine; a hang fails 
 
 def run_two_processes(out: Path, mode: str) -> None:
     """``python -m tests.tasks.ddp_run out mode`` under a hard timeout that kills both ranks."""
-    returncode, output = run_module("tests.tasks.ddp_run", str(out), mode, timeout=RUN_TIMEOUT_S,
-                                    env=offline_env(out))
+    returncode, output = run_module(
+        "tests.tasks.ddp_run", str(out), mode, timeout=RUN_TIMEOUT_S, env=offline_env(out)
+    )
     assert returncode == 0, output[-3000:]
 
 

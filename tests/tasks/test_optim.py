@@ -62,8 +62,18 @@ def test_no_weight_decay_on_norms_biases_rpb_and_layer_scale():
     toy = Toy()
     toy.norm, toy.conv = nn.LayerNorm(4), nn.Conv2d(4, 4, 3)
     assert no_weight_decay_names(toy) == {
-        "patch_embed.bias", "rpb", "gamma1", "head.bias", "norm.weight", "norm.bias", "conv.bias",
-        *(f"levels.{i}.{part}.bias" for i in range(2) for part in ("blocks.0", "blocks.1", "downsample")),
+        "patch_embed.bias",
+        "rpb",
+        "gamma1",
+        "head.bias",
+        "norm.weight",
+        "norm.bias",
+        "conv.bias",
+        *(
+            f"levels.{i}.{part}.bias"
+            for i in range(2)
+            for part in ("blocks.0", "blocks.1", "downsample")
+        ),
     }
 
 
@@ -131,7 +141,9 @@ def test_fsdp_flat_parameters_cannot_be_grouped():
 
 
 def test_layer_ids_follow_depth():
-    ids = NatForImageClassification(LAYER_SCALED.replace(depths=[2, 3], num_heads=[1, 2])).layer_ids()
+    ids = NatForImageClassification(
+        LAYER_SCALED.replace(depths=[2, 3], num_heads=[1, 2])
+    ).layer_ids()
     assert ids["nat.patch_embed.proj.0.weight"] == 0
     assert ids["nat.levels.0.blocks.0.attn.qkv.weight"] == 1
     assert ids["nat.levels.0.blocks.1.mlp.fc1.weight"] == 2
@@ -149,7 +161,10 @@ def test_every_parameter_of_every_variant_has_a_layer(variant):
     """Both networks of every variant, built on the meta device: the declared layer ids name
     each parameter exactly once, from 0 (the stem) to depth + 1 (norms and heads)."""
     with torch.device("meta"):
-        for network in (NatForImageClassification(NatConfig.from_variant(variant)), upernet(variant)):
+        for network in (
+            NatForImageClassification(NatConfig.from_variant(variant)),
+            upernet(variant),
+        ):
             ids = network.layer_ids()
             assert sorted(ids) == sorted(n for n, _ in network.named_parameters())
             top = sum(NatConfig.from_variant(variant).depths) + 1
@@ -160,7 +175,9 @@ def test_every_parameter_of_every_variant_has_a_layer(variant):
 def test_a_parameter_without_a_layer_id_is_an_error():
     model = NatForImageClassification(LAYER_SCALED)
     model.adapter = nn.Linear(2, 2)  # a module added without declaring its layer
-    with pytest.raises(ValueError, match="'adapter.weight' has no layer id: NatForImageClassification.layer_ids"):
+    with pytest.raises(
+        ValueError, match="'adapter.weight' has no layer id: NatForImageClassification.layer_ids"
+    ):
         param_groups(model, 0.05, layer_decay=0.8)
 
 

@@ -244,11 +244,20 @@ def test_dilations_replace_the_pretrained_classifiers_and_keep_its_weights():
     assert model.network.config.backbone.dilations == wider
     reference = NatForImageClassification.from_pretrained(folder).nat.state_dict()
     shared = [n for n in model.backbone.state_dict() if n in reference]
-    assert len(shared) > 20 and all(torch.equal(model.backbone.state_dict()[n], reference[n]) for n in shared)
+    assert len(shared) > 20 and all(
+        torch.equal(model.backbone.state_dict()[n], reference[n]) for n in shared
+    )
     assert model.backbone.levels[0].blocks[0].attn.dilation == 2
     with pytest.raises(ValueError, match="dilations"):  # a config that differs, not asked for
-        NatSegmenter(pretrained=str(folder), num_classes=3, model={**NatForImageClassification
-                     .from_pretrained(folder).config.to_fields(), "dilations": wider}, **HEADS)
+        NatSegmenter(
+            pretrained=str(folder),
+            num_classes=3,
+            model={
+                **NatForImageClassification.from_pretrained(folder).config.to_fields(),
+                "dilations": wider,
+            },
+            **HEADS,
+        )
 
 
 def test_a_segmenter_checkpoint_gives_the_whole_network_with_new_classes(tmp_path):

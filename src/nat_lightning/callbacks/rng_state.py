@@ -26,7 +26,11 @@ class RNGState(Callback):
     """
 
     def state_dict(self) -> dict:  # called when a checkpoint is written: capture now
-        state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate()}
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state(),
+            "python": random.getstate(),
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..ops import BACKENDS
 from ..files import write_atomically
+from ..ops import BACKENDS
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 # transformers' DinatConfig default, used when a "dinat" config.json omits dilations

@@ -185,12 +185,22 @@ class NeighborhoodAttention2D(nn.Module):
         pad_h, pad_w = max(0, window - height), max(0, window - width)
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (B, Hp, Wp, 3, heads, D)
+        qkv = self.qkv(x).unflatten(
+            -1, (3, self.num_heads, self.head_dim)
+        )  # (B, Hp, Wp, 3, heads, D)
         dropout = self.training and self.attn_drop > 0
         if dropout or output_attentions:  # the weights are needed: (B, heads, Hp, Wp, k*k)
             q, k, v = qkv.unbind(3)  # each (B, Hp, Wp, heads, D)
-            out, weights = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, backend=self.backend,
-                                return_weights=True)
+            out, weights = na2d(
+                q,
+                k,
+                v,
+                self.kernel_size,
+                self.dilation,
+                self.rpb,
+                backend=self.backend,
+                return_weights=True,
+            )
             if dropout:  # the op has no dropout: redo the weighted sum with dropped weights
                 weights = F.dropout(weights, self.attn_drop, training=True)
                 out = _weighted_values(weights, v, self.kernel_size, self.dilation)
@@ -246,7 +256,9 @@ class NatBlock(nn.Module):
         x = self._residual(x, self.mlp(self.norm2(x)), self.gamma2 if self.layer_scale else None)
         return x, weights
 
-    def _residual(self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+    def _residual(
+        self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None
+    ) -> torch.Tensor:
         """``x + drop_path(gamma * branch)`` in one pass: stochastic depth's per-sample factor
         and the layer scale fold into one small multiplier for ``addcmul``."""
         factor = self.drop_path.factor(x)  # (B, 1, 1, 1) or None

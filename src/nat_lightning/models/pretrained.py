@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..files import read_state_dict, write_atomically
 from .checkpoints import to_canonical, to_transformers
 from .config import NatConfig
-from ..files import read_state_dict, write_atomically
 from .hub import WEIGHT_FILES, resolve_pretrained
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import read_state_dict, write_atomically
 from .checkpoints import from_transformers, to_canonical, to_transformers
 from .config import NatConfig
-from ..files import read_state_dict, write_atomically
 from .hub import WEIGHT_FILES, resolve_pretrained
 from .nat import NatBackbone, _Output, layer_ids_of, no_weight_decay_names
 from .pretrained import _listing, load_checked, read_checkpoint

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomically
 from .config import _DERIVED_KEYS as _NAT_DERIVED_KEYS
 from .config import NatConfig, _positive_int
-from ..files import write_atomically
 
 ARCHITECTURE = "UperNetForSemanticSegmentation"
 AUXILIARY_INPUT = 2  # the auxiliary head reads feature_maps[2] (stage 3 of four), as transformers

@@ -54,6 +54,10 @@ def check_na2d_args(
     if rpb is not None:
         expected = (heads, 2 * kernel_size - 1, 2 * kernel_size - 1)
         if tuple(rpb.shape) != expected:
-            raise ValueError(f"rpb must have shape (heads, 2k-1, 2k-1)={expected}, got rpb.shape={tuple(rpb.shape)}")
+            raise ValueError(
+                f"rpb must have shape (heads, 2k-1, 2k-1)={expected}, got rpb.shape={tuple(rpb.shape)}"
+            )
         if rpb.device != query.device:
-            raise ValueError(f"rpb must be on the query's device, got {rpb.device=}, {query.device=}")
+            raise ValueError(
+                f"rpb must be on the query's device, got {rpb.device=}, {query.device=}"
+            )

@@ -38,14 +38,20 @@ def _block_mask(height: int, width: int, kernel_size: int, dilation: int, device
     return create_block_mask(inside, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
 
 
-def na2d_flex(query, key, value, kernel_size: int, dilation: int = 1, rpb=None, scale: float | None = None):
+def na2d_flex(
+    query, key, value, kernel_size: int, dilation: int = 1, rpb=None, scale: float | None = None
+):
     """Same contract as :func:`nat_lightning.ops.na2d`, without ``return_weights``."""
     from torch.nn.attention.flex_attention import flex_attention
 
     batch, height, width, heads, head_dim = query.shape
-    q, k, v = (t.reshape(batch, height * width, heads, head_dim).transpose(1, 2) for t in (query, key, value))
+    q, k, v = (
+        t.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
+        for t in (query, key, value)
+    )
     score_mod = None
     if rpb is not None:
+
         def score_mod(score, b, h, q_idx, kv_idx):
             _, qp_i, _ = _axis(q_idx // width, height, kernel_size, dilation)
             _, qp_j, _ = _axis(q_idx % width, width, kernel_size, dilation)

@@ -23,7 +23,9 @@ def natten_version() -> tuple[int, ...] | None:
     return tuple(int(p) for p in natten.__version__.split(".")[:3] if p.isdigit())
 
 
-def natten_unavailable(query: torch.Tensor, rpb, return_weights: bool, needs_grad: bool) -> str | None:
+def natten_unavailable(
+    query: torch.Tensor, rpb, return_weights: bool, needs_grad: bool
+) -> str | None:
     """Why NATTEN cannot serve this call, or None when it can."""
     version = natten_version()
     if version is None:

@@ -46,7 +46,9 @@ class RowGeometry(NamedTuple):
     bias_index: torch.Tensor  # (H, n, T, k*R) into the (2k)^2 bias table; column 2k-1 = masked
 
 
-def row_geometry(height: int, width: int, kernel_size: int, tile: int, device) -> RowGeometry | None:
+def row_geometry(
+    height: int, width: int, kernel_size: int, tile: int, device
+) -> RowGeometry | None:
     """The geometry of the row kernel; None where strips of ``tile`` columns miss a window."""
     return _row_geometry(height, width, kernel_size, tile, str(device))
 
@@ -54,7 +56,9 @@ def row_geometry(height: int, width: int, kernel_size: int, tile: int, device) -
 @functools.lru_cache(maxsize=64)
 def _row_geometry(height, width, kernel_size, tile, device) -> RowGeometry | None:
     k = kernel_size
-    cols = strided_tiles(width, k, tile, "cpu")  # column strips: bias and masks per (strip, query, key)
+    cols = strided_tiles(
+        width, k, tile, "cpu"
+    )  # column strips: bias and masks per (strip, query, key)
     if cols is None or height < k:
         return None
     n, region = cols.bias_index.shape[0], cols.region
@@ -65,11 +69,20 @@ def _row_geometry(height, width, kernel_size, tile, device) -> RowGeometry | Non
     bias_index = row_bias[:, None, None, :, None] * (2 * k) + cols.bias_index[None, :, :, None, :]
     reads = (starts[:, None] <= row) & (row < starts[:, None] + k)  # (query row, key row)
     readers = [reads[:, m].nonzero().flatten().tolist() for m in range(height)]
-    return RowGeometry(tile, region, n, tuple(starts.tolist()), tuple(x[0] for x in readers),
-                       tuple(x[-1] for x in readers), bias_index.reshape(height, n, tile, -1).to(device))
+    return RowGeometry(
+        tile,
+        region,
+        n,
+        tuple(starts.tolist()),
+        tuple(x[0] for x in readers),
+        tuple(x[-1] for x in readers),
+        bias_index.reshape(height, n, tile, -1).to(device),
+    )
 
 
-def _bias(rpb: torch.Tensor | None, geo: RowGeometry, heads: int, kernel_size: int, like: torch.Tensor):
+def _bias(
+    rpb: torch.Tensor | None, geo: RowGeometry, heads: int, kernel_size: int, like: torch.Tensor
+):
     """rpb inside every window, -inf outside: (H, heads*n, T, k*R), like's dtype."""
     k = kernel_size
     if rpb is None:
@@ -117,11 +130,16 @@ def _key_strips(x: torch.Tensor, geo: RowGeometry) -> torch.Tensor:
     half = (r - t) // 2
     out = x.new_empty(b, heads, n, h, r, dim)
     src = x.transpose(1, 3).transpose(2, 3)  # (B, heads, H, W, D), a view
-    inside = range(-(-half // t), (w + half - r) // t + 1)  # strips whose columns are all on the map
+    inside = range(
+        -(-half // t), (w + half - r) // t + 1
+    )  # strips whose columns are all on the map
     if inside:
         s = src.stride()
-        strips = src.as_strided((b, heads, len(inside), h, r, dim), (s[0], s[1], t * s[3], s[2], s[3], s[4]),
-                                src.storage_offset() + (inside.start * t - half) * s[3])
+        strips = src.as_strided(
+            (b, heads, len(inside), h, r, dim),
+            (s[0], s[1], t * s[3], s[2], s[3], s[4]),
+            src.storage_offset() + (inside.start * t - half) * s[3],
+        )
         out[:, :, inside.start : inside.stop].copy_(strips)
     for i in (i for i in range(n) if i not in inside):
         first = i * t - half  # map column of the strip's column 0
@@ -145,7 +163,8 @@ def _from_key_rows(x: torch.Tensor, shape, geo: RowGeometry) -> torch.Tensor:
     for first in range(step):
         count = len(range(first, n, step))
         view = full[:, :, first * t :].as_strided(
-            (h, b, heads, count, r, dim), (s[1], s[0], s[3], step * t * s[2], s[2], s[4]))
+            (h, b, heads, count, r, dim), (s[1], s[0], s[3], step * t * s[2], s[2], s[4])
+        )
         view.add_(x[:, :, :, first::step])
     return full[:, :, half : half + w]
 
@@ -175,7 +194,9 @@ def _row(buffer: torch.Tensor, i: int, geo: RowGeometry) -> torch.Tensor:
     return buffer[:, offset : offset + geo.tile * kr].view(buffer.shape[0], geo.tile, kr)
 
 
-def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry, keep_probs: bool):
+def _row_forward(
+    query, key, value, rpb, kernel_size: int, scale: float, geo: RowGeometry, keep_probs: bool
+):
     """The forward, row by row. Returns the tensors the backward needs; ``out`` is (H, N, T, D).
 
     With ``keep_probs`` every row's softmax is kept (a :func:`_row_buffer`) for the backward;
@@ -190,7 +211,9 @@ def _row_forward(query, key, value, rpb, kernel_size: int, scale: float, geo: Ro
     probs = _row_buffer(q.shape[0], geo, query) if keep_probs else None
     for i, s in enumerate(geo.starts):
         window = slice(s * r, (s + k) * r)
-        p = torch.bmm(q[:, i], keys[:, window].transpose(1, 2))  # (N, T, k*R); bmm into a strided out is 5x slower
+        p = torch.bmm(
+            q[:, i], keys[:, window].transpose(1, 2)
+        )  # (N, T, k*R); bmm into a strided out is 5x slower
         p.view(batch, *bias.shape[1:]).add_(bias[i])
         torch.ops.aten._softmax.out(p, -1, False, out=p)  # in place (wrong into a strided out)
         if keep_probs:
@@ -249,7 +272,9 @@ def _row_backward(
     return grad_qkv, _rpb_grad(grad_bias, geo, rpb, k) if want_rpb else None
 
 
-def _key_row_grads(row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_o, grad_k, grad_v) -> None:
+def _key_row_grads(
+    row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_o, grad_k, grad_v
+) -> None:
     """dK and dV of key row ``row`` of every strip, from all the query rows that read it.
 
     One matmul over (reader rows x T) queries each, ``(N, R, c*T) @ (N, c*T, D)``, written once,
@@ -261,7 +286,9 @@ def _key_row_grads(row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_
 
     def stacked(buffer):  # (N, c*T, R): reader i's slice of this row lies at i*T*kR + row*R
         offset = buffer.storage_offset() + first * geo.tile * kr + row * r
-        return buffer.as_strided((buffer.shape[0], (last - first + 1) * geo.tile, r), (buffer.stride(0), kr, 1), offset)
+        return buffer.as_strided(
+            (buffer.shape[0], (last - first + 1) * geo.tile, r), (buffer.stride(0), kr, 1), offset
+        )
 
     grad_s, probs = stacked(grad_s_rows), stacked(probs_rows)
     n, dim = q.shape[0], q.shape[-1]
@@ -269,7 +296,9 @@ def _key_row_grads(row: int, geo: RowGeometry, grad_s_rows, probs_rows, q, grad_
     torch.bmm(probs.transpose(1, 2), grad_o[:, first : last + 1].reshape(n, -1, dim), out=grad_v)
 
 
-def _rpb_grad(grad_bias: torch.Tensor, geo: RowGeometry, rpb: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def _rpb_grad(
+    grad_bias: torch.Tensor, geo: RowGeometry, rpb: torch.Tensor, kernel_size: int
+) -> torch.Tensor:
     """Sum the per-slot bias gradients into the (heads, 2k-1, 2k-1) table."""
     heads, size = rpb.shape[0], 2 * kernel_size
     grad = grad_bias.view(geo.bias_index.shape[0], heads, -1).transpose(0, 1).reshape(heads, -1)
@@ -313,8 +342,10 @@ def _row_attention(
         query, key, value = query.unbind(3)
     geo = row_geometry(query.shape[1], query.shape[2], kernel_size, tile, query.device)
     if geo is None:
-        raise ValueError(f"strips of {tile=} columns miss windows of a map {query.shape[2]} wide, "
-                         f"{kernel_size=}; see strided_fits")
+        raise ValueError(
+            f"strips of {tile=} columns miss windows of a map {query.shape[2]} wide, "
+            f"{kernel_size=}; see strided_fits"
+        )
     *saved, rows = _row_forward(query, key, value, rpb, kernel_size, scale, geo, keep)
     out = _from_query_rows(rows, query.shape)
     return (out, *saved) if keep else (out, *(query.new_empty(0) for _ in saved))
@@ -396,14 +427,20 @@ _row_attention.register_autograd(_backward, setup_context=_setup_context)
 def _dense(query, key, value, rpb, kernel_size: int, scale: float) -> torch.Tensor:
     """Plain attention with rpb, for maps of exactly ``k x k``: (B, k, k, heads, D) in and out."""
     k, heads, dim = query.shape[1], query.shape[3], query.shape[4]
-    q, keys, values = (x.reshape(-1, k * k, heads, dim).transpose(1, 2) for x in (query, key, value))
+    q, keys, values = (
+        x.reshape(-1, k * k, heads, dim).transpose(1, 2) for x in (query, key, value)
+    )
     logits = torch.matmul(q * scale, keys.transpose(-1, -2))  # (B, heads, k*k, k*k)
     if rpb is not None:
         pos = torch.arange(k, device=query.device)
         rel = pos[None, :] - pos[:, None] + k - 1  # (query, key) offset index along one axis
-        logits = logits + rpb[:, rel[:, None, :, None], rel[None, :, None, :]].reshape(heads, k * k, k * k)
+        logits = logits + rpb[:, rel[:, None, :, None], rel[None, :, None, :]].reshape(
+            heads, k * k, k * k
+        )
     out = torch.matmul(logits.softmax(-1), values)  # (B, heads, k*k, D)
-    return out.transpose(1, 2).reshape(-1, k, k, heads, dim)  # -1, not b: traced exports keep a free batch
+    return out.transpose(1, 2).reshape(
+        -1, k, k, heads, dim
+    )  # -1, not b: traced exports keep a free batch
 
 
 def _strip_width(width: int, kernel_size: int = 7) -> int:

@@ -41,7 +41,9 @@ class AxisTiles(NamedTuple):
     region: int  # keys per region, R = T + k - 1 (or fewer on short axes)
     query_index: torch.Tensor  # (n_tiles * T,) position of every query slot (padding repeats)
     key_index: torch.Tensor  # (n_tiles * R,) position of every key slot
-    bias_index: torch.Tensor  # (n_tiles, T, R) rpb offset in [0, 2k-2], or 2k-1 = outside the window
+    bias_index: (
+        torch.Tensor
+    )  # (n_tiles, T, R) rpb offset in [0, 2k-2], or 2k-1 = outside the window
     neighbor_slot: torch.Tensor  # (n_tiles, T, k) region slot of each window member
     inverse: torch.Tensor  # (length,) the query slot that holds each position
     strided: bool = False  # key slot r of tile t is position t*T + r - k//2 (may be padding)
@@ -98,16 +100,28 @@ def strided_tiles(length: int, kernel_size: int, tile: int, device: str) -> Axis
     if not strided_fits(length, k, tile):
         return None
     region = tile + k - 1
-    queries = torch.arange(n_tiles * tile).clamp(max=length - 1).view(n_tiles, tile)  # pad slots repeat
-    keys = (torch.arange(n_tiles) * tile - half)[:, None] + torch.arange(region)  # (n, R), may leave the map
+    queries = (
+        torch.arange(n_tiles * tile).clamp(max=length - 1).view(n_tiles, tile)
+    )  # pad slots repeat
+    keys = (torch.arange(n_tiles) * tile - half)[:, None] + torch.arange(
+        region
+    )  # (n, R), may leave the map
     starts = window_start(length, k, 1)[queries]  # (n, T)
     rel = keys[:, None, :] - starts[:, :, None]  # (n, T, R)
     inside = (rel >= 0) & (rel < k)
     bias = torch.where(inside, k - 1 + keys[:, None, :] - queries[:, :, None], 2 * k - 1)
     slots = starts[:, :, None] + torch.arange(k) - keys[:, None, :1]
     # slots off the map are masked (bias index 2k-1) whatever they hold: read a clamped position
-    return AxisTiles(tile, region, queries.flatten().to(device), keys.clamp(0, length - 1).flatten().to(device),
-                     bias.to(device), slots.to(device), torch.arange(length, device=device), strided=True)
+    return AxisTiles(
+        tile,
+        region,
+        queries.flatten().to(device),
+        keys.clamp(0, length - 1).flatten().to(device),
+        bias.to(device),
+        slots.to(device),
+        torch.arange(length, device=device),
+        strided=True,
+    )
 
 
 def _auto_tile(length: int, dilation: int) -> int:
@@ -186,8 +200,12 @@ def na2d_tiled(
         return _unfold_groups(out, d), weights
     dev = str(query.device)
     th, tw = tile_size or _auto_tile(height, d), tile_size or _auto_tile(width, d)
-    rows = (strided_tiles(height, kernel_size, th, dev) if d == 1 else None) or axis_tiles(height, kernel_size, d, th, dev)
-    cols = (strided_tiles(width, kernel_size, tw, dev) if d == 1 else None) or axis_tiles(width, kernel_size, d, tw, dev)
+    rows = (strided_tiles(height, kernel_size, th, dev) if d == 1 else None) or axis_tiles(
+        height, kernel_size, d, th, dev
+    )
+    cols = (strided_tiles(width, kernel_size, tw, dev) if d == 1 else None) or axis_tiles(
+        width, kernel_size, d, tw, dev
+    )
     q = _to_tiles(query, rows.query_index, cols.query_index, rows.tile, cols.tile)
     k = _to_tiles(key, rows.key_index, cols.key_index, rows.region, cols.region)
     v = _to_tiles(value, rows.key_index, cols.key_index, rows.region, cols.region)
@@ -197,17 +215,25 @@ def na2d_tiled(
     out = torch.matmul(weights, v)  # (B, heads, n, T*T, D)
     n_th, n_tw = rows.bias_index.shape[0], cols.bias_index.shape[0]
     out = out.view(-1, heads, n_th, n_tw, rows.tile, cols.tile, head_dim)
-    out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(-1, n_th * rows.tile, n_tw * cols.tile, heads, head_dim)
+    out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(
+        -1, n_th * rows.tile, n_tw * cols.tile, heads, head_dim
+    )
     out = _untile(out, rows, cols, 1, 2)
     if not return_weights:
         return out
     return out, _window_weights(weights, rows, cols, batch, heads, kernel_size)
 
 
-def _untile(x: torch.Tensor, rows: AxisTiles, cols: AxisTiles, row_dim: int, col_dim: int) -> torch.Tensor:
+def _untile(
+    x: torch.Tensor, rows: AxisTiles, cols: AxisTiles, row_dim: int, col_dim: int
+) -> torch.Tensor:
     """Drop padding query slots, per axis: a slice for strided tiles, a gather for indexed ones."""
     for tiles, dim in ((rows, row_dim), (cols, col_dim)):
-        x = x.narrow(dim, 0, tiles.inverse.numel()) if tiles.strided else x.index_select(dim, tiles.inverse)
+        x = (
+            x.narrow(dim, 0, tiles.inverse.numel())
+            if tiles.strided
+            else x.index_select(dim, tiles.inverse)
+        )
     return x
 
 
