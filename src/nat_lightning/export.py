@@ -58,25 +58,17 @@ def _scores(checkpoint: dict) -> str:
 def model_card(model, checkpoint: dict) -> str:
     """README.md of an exported folder, from the task's ``card`` and the checkpoint."""
     card = model.card
-    embedded, tags, pipeline, title, ours, theirs = (
-        card.embedded,
-        card.tags,
-        card.pipeline,
-        card.title,
-        card.ours,
-        card.theirs,
-    )
     kind = "DiNAT" if model.backbone_config.dilations else "NAT"
     dataset = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
-    dataset = embedded if dataset is None else str(dataset)
+    dataset = card.embedded if dataset is None else str(dataset)
     labels = ", ".join(f"`{v}`" for v in model.id2label.values())
     return f"""---
 library_name: transformers
-tags: [{tags}, nat_lightning, {kind.lower()}]
-pipeline_tag: {pipeline}
+tags: [{card.tags}, nat_lightning, {kind.lower()}]
+pipeline_tag: {card.pipeline}
 ---
 
-# {title.format(kind=kind)}
+# {card.title.format(kind=kind)}
 
 Trained with [nat_lightning](https://github.com/) on **{dataset}**, {checkpoint.get("epoch", "?")} epochs
 ({checkpoint.get("global_step", "?")} optimizer steps).
@@ -87,8 +79,8 @@ Labels ({len(model.id2label)}): {labels}
 |---|---:|
 {_scores(checkpoint)}
 
-Load it with `nat_lightning.{ours}.from_pretrained(path)`, or with
-transformers <= 4.40 and NATTEN <= 0.17 (`{theirs}`).
+Load it with `nat_lightning.{card.ours}.from_pretrained(path)`, or with
+transformers <= 4.40 and NATTEN <= 0.17 (`{card.theirs}`).
 """
 
 
