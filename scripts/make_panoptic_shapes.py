@@ -143,7 +143,9 @@ def example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict
     for segment in classes:  # the rims of what stays visible
         image[rim(ids == segment)] *= 0.45
     for cls, where in ((SKY, sky), (GROUND, ~sky)):
-        ids[where & (ids == 0)], classes[1000 * (cls + 1)] = 1000 * (cls + 1), cls
+        shown = where & (ids == 0)
+        if shown.any():  # things may hide it all
+            ids[shown], classes[1000 * (cls + 1)] = 1000 * (cls + 1), cls
     image += rng.normal(0, 6, image.shape)
     info = [{"id": s, "category_id": classes[s], "iscrowd": 0} for s in sorted(np.unique(ids))]
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), ids, info
