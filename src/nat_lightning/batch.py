@@ -31,12 +31,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # universal segmentation (Mask2Former/OneFormer; nat_lightning.data.universal): per image, a list
 # of (N_i, H, W) float binary masks and (N_i,) int64 classes, one per segment; for evaluation the
-# (B, H, W, 2) int64 (class, segment) map (torchmetrics' PanopticQuality) and the (B, H, W) int64
-# class map (IGNORE_PIXEL for void); pixel_mask (B, H, W) int64, 1 where the image is, 0 padding
+# (B, H, W, 2) int64 (class, segment) map (torchmetrics' PanopticQuality) and, as LABELS, the
+# (B, H, W) int64 class map (IGNORE_PIXEL for void), as for segmentation; pixel_mask (B, H, W)
+# int64, 1 where the image is, 0 padding
 MASK_LABELS = "mask_labels"
 CLASS_LABELS = "class_labels"
 PANOPTIC_MAP = "panoptic_map"
-SEMANTIC_MAP = "semantic_map"
 PIXEL_MASK = "pixel_mask"
 # the (class, segment) of a void pixel of a panoptic map (unlabelled, crowd, padding): no class,
 # so torchmetrics' PanopticQuality counts it nowhere

@@ -5,6 +5,7 @@ classes from the columns, and the embedded data's batches."""
 import io
 import re
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,11 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Va
 from PIL import Image as PILImage
 
 from nat_lightning.batch import IGNORE_PIXEL, VOID_SEGMENT
+from nat_lightning.callbacks.skipped_images import SkippedImagesReport
 from nat_lightning.data import HFPanopticDataModule
 from nat_lightning.data.panoptic import Segments, targets, train_pipeline
+
+from .conftest import quiet_trainer
 
 SIDE = 32
 NAMES = ("cat", "dog", "grass", "sky")
@@ -114,7 +118,7 @@ def test_evaluation_maps_mark_void_and_crowd():
     data = DatasetDict({"train": panoptic_rows([panoptic_example()])})
     dm = HFPanopticDataModule(data, **{**PLAIN, "val_split": "train"})
     batch = first_batch(dm, "val")
-    panoptic, semantic = batch["panoptic_map"][0], batch["semantic_map"][0]
+    panoptic, semantic = batch["panoptic_map"][0], batch["labels"][0]
     for k, (c, crowd, mask) in enumerate(visible()):
         expected = (VOID_SEGMENT, VOID_SEGMENT) if crowd else (c, k + 1)
         assert (panoptic[torch.as_tensor(mask)] == torch.tensor(expected)).all()
@@ -193,7 +197,7 @@ def test_segments_cropped_away_give_no_mask_and_an_empty_image_is_valid():
     assert out["class_labels"].tolist() == [3] and out["mask_labels"].shape == (1, 2, 2)
     out = targets(np.zeros((2, 2), dtype=np.int32), segments)
     assert out["mask_labels"].shape == (0, 2, 2) and out["class_labels"].shape == (0,)
-    assert (out["semantic_map"] == IGNORE_PIXEL).all()
+    assert (out["labels"] == IGNORE_PIXEL).all()
 
 
 def test_inconsistent_annotations_are_skipped_counted_and_named(tmp_path):
@@ -239,8 +243,8 @@ def test_the_embedded_data_gives_batches_of_the_documented_shapes(workers):
         assert batch["pixel_values"].dtype == torch.float32
         assert batch["pixel_mask"].shape == (4, 64, 64)
         assert batch["panoptic_map"].shape == (4, 64, 64, 2)
-        assert batch["semantic_map"].shape == (4, 64, 64)
-        assert batch["panoptic_map"].dtype == batch["semantic_map"].dtype == torch.int64
+        assert batch["labels"].shape == (4, 64, 64)
+        assert batch["panoptic_map"].dtype == batch["labels"].dtype == torch.int64
         assert len(batch["mask_labels"]) == len(batch["class_labels"]) == 4
         for masks, classes in zip(batch["mask_labels"], batch["class_labels"]):
             assert masks.shape[1:] == (64, 64) and masks.shape[0] == classes.shape[0]
@@ -254,3 +258,49 @@ def test_the_no_argument_constructor_reads_the_embedded_data():
     dm = HFPanopticDataModule()
     assert dm.num_classes == 5 and dm.thing_ids == (0, 1, 2)
     assert {role: split.size for role, split in dm.splits.items()} == {"train": 320, "val": 64}
+
+
+class Probe(L.LightningModule):
+    """Checks that the lists of masks and classes reach the step on the module's device."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        assert len(batch["mask_labels"]) == len(batch["class_labels"]) == len(batch["pixel_values"])
+        return (batch["pixel_values"].mean() - self.weight) ** 2
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_run_reports_inconsistent_annotations_and_stops_past_max_skipped_fraction():
+    ids, info = panoptic_example()
+    rows = [(ids, info)] * 6 + [(ids, info[1:])] * 2  # two with an unlisted PNG id
+    data = panoptic_rows(rows)
+    dm = HFPanopticDataModule(data, **PLAIN)
+    trainer = quiet_trainer(callbacks=[SkippedImagesReport()], num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match=r"2 of 8 image\(s\) in train .* were skipped"):
+        trainer.fit(Probe(), datamodule=dm)
+    assert trainer.callback_metrics["data/skipped_train"] == 2
+    strict = HFPanopticDataModule(data, max_skipped_fraction=0.2, **PLAIN)
+    with pytest.raises(ValueError, match=r"2 of 8 images in train .*not in segments_info"):
+        quiet_trainer(callbacks=[SkippedImagesReport()]).fit(Probe(), datamodule=strict)
+
+
+def test_streaming_and_predict_read_the_same_examples():
+    data = panoptic_rows([panoptic_example()] * 3)
+    plain = HFPanopticDataModule(data, **PLAIN)
+    streamed = HFPanopticDataModule(data, streaming=True, **PLAIN)
+    batches = [first_batch(dm) for dm in (plain, streamed)]
+    assert [len(b["mask_labels"]) for b in batches] == [3, 3]
+    for one, other in zip(*(b["mask_labels"] for b in batches)):
+        assert torch.equal(one, other)
+    dm = HFPanopticDataModule(data, predict_split="train", **PLAIN)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["ids"] == [0, 1, 2] and batch["sizes"].tolist() == [[SIDE, SIDE]] * 3

@@ -152,7 +152,8 @@ def targets(index: np.ndarray, segments: Segments) -> dict[str, torch.Tensor]:
     """A transformed (H, W) index map as the model's and the metrics' targets:
     ``mask_labels`` (N, H, W) float32 and ``class_labels`` (N,) int64 of the segments still
     visible, crowd left out; ``panoptic_map`` (H, W, 2) int64 of (class, segment), VOID_SEGMENT
-    in both for void and crowd; ``semantic_map`` (H, W) int64, IGNORE_PIXEL for void."""
+    in both for void and crowd; ``labels``, the semantic map, (H, W) int64, IGNORE_PIXEL for
+    void."""
     index = torch.as_tensor(np.ascontiguousarray(np.asarray(index))).long()
     n = len(segments.classes)
     classes = torch.as_tensor(segments.classes, dtype=torch.int64)
@@ -173,7 +174,7 @@ def targets(index: np.ndarray, segments: Segments) -> dict[str, torch.Tensor]:
         "mask_labels": masks.float(),
         "class_labels": classes[kept],
         "panoptic_map": panoptic,
-        "semantic_map": semantic,
+        "labels": semantic,
     }
 
 
@@ -254,7 +255,7 @@ def eval_finish(mean: tuple[float, ...], std: tuple[float, ...]) -> A.Compose:
 
 class PanopticDecoder:
     """A row -> ``{"pixel_values": (3, H, W) float32, "mask_labels", "class_labels",
-    "panoptic_map", "semantic_map"}`` (see ``targets``), plus ``"sizes"`` and ``"content"`` in
+    "panoptic_map", "labels"}`` (see ``targets``), plus ``"sizes"`` and ``"content"`` in
     evaluation (as PairDecoder's) and ``"ids"`` when it has one; or an ``Undecodable`` when the
     image or the annotation cannot be decoded or is inconsistent (AnnotationError; its name then
     says why).
@@ -343,7 +344,7 @@ class PanopticCollate:
     The batch: ``pixel_values`` (B, 3, H, W) float32 (padding 0), ``pixel_mask`` (B, H, W) int64
     (1 image, 0 padding), ``mask_labels`` a list of B (N_i, H, W) float32 (padding 0),
     ``class_labels`` a list of B (N_i,) int64, ``panoptic_map`` (B, H, W, 2) int64 (padding
-    VOID_SEGMENT), ``semantic_map`` (B, H, W) int64 (padding IGNORE_PIXEL), and, when
+    VOID_SEGMENT), ``labels`` (the semantic map) (B, H, W) int64 (padding IGNORE_PIXEL), and, when
     ``evaluation``, ``sizes`` and ``content`` (B, 2) int64 as PairCollate's."""
 
     def __init__(self, size: int, evaluation: bool):
@@ -360,7 +361,7 @@ class PanopticCollate:
             batch["pixel_values"][i, :, :h, :w] = torch.as_tensor(item["pixel_values"])
             batch["pixel_mask"][i, :h, :w] = 1
             batch["panoptic_map"][i, :h, :w] = item["panoptic_map"]
-            batch["semantic_map"][i, :h, :w] = item["semantic_map"]
+            batch["labels"][i, :h, :w] = item["labels"]
             masks = torch.zeros(len(item["mask_labels"]), height, width)
             masks[:, :h, :w] = item["mask_labels"]
             batch["mask_labels"].append(masks)
@@ -395,5 +396,5 @@ def empty_batch(size: int, height: int, width: int) -> dict[str, Any]:
         "mask_labels": [],
         "class_labels": [],
         "panoptic_map": torch.full((size, height, width, 2), VOID_SEGMENT, dtype=torch.int64),
-        "semantic_map": torch.full((size, height, width), IGNORE_PIXEL, dtype=torch.int64),
+        "labels": torch.full((size, height, width), IGNORE_PIXEL, dtype=torch.int64),
     }

@@ -11,7 +11,8 @@ A batch (nat_lightning.batch's keys) holds:
 - ``class_labels``: a list of B int64 tensors (N_i,), the class of each mask;
 - ``panoptic_map`` (B, H, W, 2) int64: (class, segment number) per pixel, as torchmetrics'
   PanopticQuality takes it; VOID_SEGMENT (-1) in both for void, crowd and padding pixels;
-- ``semantic_map`` (B, H, W) int64: the class per pixel, IGNORE_PIXEL (255) for void and padding;
+- ``labels`` (B, H, W) int64: the semantic map, the class per pixel, IGNORE_PIXEL (255) for void
+  and padding, as HFSegmentationDataModule's ``labels`` (its metrics and streaming padding apply);
 - evaluation and predict: ``sizes`` and ``content`` (B, 2) int64 as HFSegmentationDataModule's
   (each image's original (h, w), and its (h, w) once resized, before padding, at the top left);
 - predict: ``ids`` and ``decoded`` as every data module's.
