@@ -46,6 +46,18 @@ class BestCheckpoint(ModelCheckpoint):
     or infinite: such an epoch is not "best", and its file name would carry ``nan``. The epoch is
     named in a warning instead; ``last.ckpt`` is still written (LastCheckpoint)."""
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Follow the task where the data decides its metric (a multi-label classifier keeps
+        ``val/map``, not ``val/acc1``): a task's ``monitored(data)`` gives (monitor, file name),
+        taken when this callback still has the task class's defaults (not the user's choice)."""
+        task = type(pl_module)
+        if hasattr(pl_module, "monitored") and self.monitor == getattr(task, "monitor", None):
+            monitor, filename = pl_module.monitored(trainer.datamodule)
+            if self.filename == getattr(task, "checkpoint_filename", None):
+                self.filename = filename
+            self.monitor = monitor
+        super().setup(trainer, pl_module, stage)
+
     def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
         if current is None:
             return False

@@ -28,7 +28,8 @@ MAX_NAMED = 10  # undecodable inputs the end-of-run warning names
 
 class PredictionWriter(BasePredictionWriter):
     """One row per input image, in input order: its id (file path or dataset index), top-k labels
-    and probabilities, and an ``error``: empty for a predicted image, the reason for one that
+    and probabilities (for a multi-label classifier: the predicted label set and every class's
+    probability), and an ``error``: empty for a predicted image, the reason for one that
     could not be decoded (whose labels and probabilities stay empty). A warning names the first
     MAX_NAMED of those.
 
@@ -145,17 +146,26 @@ def batch_rows(batch: dict) -> list[dict]:
         {"id": str(i), "labels": [], "probs": [], "class_ids": [], "error": error}
         for i, error in zip(ids, errors)
     ]
+    names = batch.get("class_names")
     for k, i in enumerate(predicted):
         rows[i].update(
             labels=list(batch["top_labels"][k]),
-            probs=[round(p, 6) for p in batch["top_probs"][k].tolist()],
-            class_ids=batch["top_ids"][k].tolist(),
+            probs=[round(float(p), 6) for p in _as_list(batch["top_probs"][k])],
+            class_ids=[int(c) for c in _as_list(batch["top_ids"][k])],
         )
+        if names is not None:  # multi-label: every class's probability
+            scores = _as_list(batch["scores"][k])
+            rows[i]["scores"] = {n: round(float(p), 6) for n, p in zip(names, scores)}
     return rows
 
 
+def _as_list(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 def write_rows(path: Path, rows: list[dict]) -> None:
-    """The rows as JSON, or as CSV (id, label_1..k, prob_1..k, error), written atomically."""
+    """The rows as JSON, or as CSV (id, label_1..k, prob_1..k, error; for multi-label id,
+    labels, one score column per class, error), written atomically."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -163,6 +173,10 @@ def write_rows(path: Path, rows: list[dict]) -> None:
                 json.dump(rows, f, indent=1)
                 return
             writer = csv.writer(f)
+            names = next((list(r["scores"]) for r in rows if "scores" in r), None)
+            if names is not None:
+                write_label_sets(writer, rows, names)
+                return
             k = max((len(r["labels"]) for r in rows), default=0)
             labels = [f"label_{i + 1}" for i in range(k)]
             writer.writerow(["id", *labels, *[f"prob_{i + 1}" for i in range(k)], "error"])
@@ -171,3 +185,13 @@ def write_rows(path: Path, rows: list[dict]) -> None:
                 writer.writerow([r["id"], *r["labels"], *blank, *r["probs"], *blank, r["error"]])
 
     write_atomically(path, write)
+
+
+def write_label_sets(writer, rows: list[dict], names: list[str]) -> None:
+    """Multi-label CSV rows: id, the predicted classes joined by ``;`` (most probable first), each
+    class's probability (``score_<name>``), error."""
+    writer.writerow(["id", "labels", *[f"score_{n}" for n in names], "error"])
+    for r in rows:
+        scores = r.get("scores") or {}
+        values = [scores.get(n, "") for n in names]
+        writer.writerow([r["id"], ";".join(r["labels"]), *values, r["error"]])

@@ -1,6 +1,7 @@
 """HFImageDataModule: image classification data from any Hugging Face ``datasets`` source.
 
-Batches are ``{"pixel_values": (B, 3, H, W) float32, "labels": (B,) int64}``; predict batches add
+Batches are ``{"pixel_values": (B, 3, H, W) float32, "labels": (B,) int64}`` (``(B, K)`` 0/1 rows
+for multi-label data, whose label column holds a list per image: see data.columns); predict batches add
 ``"ids"`` (file paths, or row indices of the split) for every input and ``"decoded"`` (which of
 them are rows of pixel_values). Undecodable images are dropped, counted and named per stage
 (``tallies``), which nat_lightning.callbacks.skipped_images.SkippedImagesReport reports and checks
@@ -18,10 +19,11 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Image
 
 from .base import PREPROCESSING_RANGES, RANGES, HFDataModule
-from .columns import Columns, resolve_columns
+from .columns import Columns, is_label_list, resolve_columns
 from .digits import DIGITS_PARQUET, QUICKSTART
 from .folder_structure import empty_class_folders, empty_folders_line
 from .images import Collate, ExampleDecoder
+from .labels import LabelReader
 from .transforms import eval_transform, train_transform
 
 IMAGE_RANGES = {  # argument -> (is it valid, what is expected)
@@ -76,6 +78,7 @@ class HFImageDataModule(HFDataModule):
         dataset: str | list[str] | Dataset | DatasetDict | None = None,
         *,
         label_column: str | None = None,
+        label_sets: bool | None = None,
         image_size: int | None = None,
         crop_pct: float | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
@@ -91,8 +94,11 @@ class HFImageDataModule(HFDataModule):
             dataset: a Hub id, a local folder (imagefolder layout, or parquet/arrow files named
                 by split), parquet/arrow file(s) as a path, glob or list, or a
                 datasets.Dataset/DatasetDict. None: the embedded 8x8 digits (DIGITS_PARQUET).
-            label_column: label column; the ClassLabel column (else one named label/labels) when
-                None.
+            label_column: label column; the ClassLabel column (else a list of ClassLabel, else
+                one named label/labels) when None.
+            label_sets: None: a set of classes per image when the label column holds a list per
+                image (class ids, names or multi-hot vectors), one class otherwise; True: plain
+                labels as one-class sets; False: each list must hold exactly one class.
             image_size: side of the square training and evaluation crops; None: the
                 preprocessor_config's, else the LightningModule's, else 224.
             crop_pct: evaluation resizes the shorter side to ``int(image_size / crop_pct)``, then
@@ -127,8 +133,18 @@ class HFImageDataModule(HFDataModule):
             "a dataset with an Image column and a ClassLabel, string or integer label"
         )
         return resolve_columns(
-            features, self.dataset, hp.image_column, hp.label_column, self._label_values
+            features,
+            self.dataset,
+            hp.image_column,
+            hp.label_column,
+            self._label_values,
+            label_sets=hp.label_sets,
         )
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether an image has a set of classes (``labels`` rows of 0/1) rather than one."""
+        return self.columns.multi_label
 
     @cached_property
     def empty_folders_note(self) -> str | None:
@@ -153,9 +169,12 @@ class HFImageDataModule(HFDataModule):
         return empty_folders_line(self.dataset, empty, self.columns.names)
 
     def _label_values(self, column: str):
-        """Every raw value of a string/integer label column, over all splits."""
+        """Every raw value of a string/integer label column (every row of a list column), over
+        all splits."""
         for split in self.all_splits.values():
-            if isinstance(split, Dataset):
+            if isinstance(split, Dataset) and is_label_list(split.features[column]):
+                yield from split.select_columns([column])[column]
+            elif isinstance(split, Dataset):
                 yield from split.unique(column)
             else:
                 yield from (row[column] for row in split.select_columns([column]))
@@ -168,16 +187,37 @@ class HFImageDataModule(HFDataModule):
     def train_classes(self) -> np.ndarray:
         """The class id of every training example, in row order, read from the label column alone
         (IGNORE_LABEL for a row without a class), for ``sampler='balanced'`` and
-        ``label_counts``. A Hub stream is not read ahead: a ValueError."""
-        rows, column = self._training_rows("labels"), self.columns.label
-        label = ExampleDecoder(self.columns, None, False).label
-        values = rows.select_columns([column])[column]  # no image column read
-        return np.array([label({column: v}) for v in values], dtype=np.int64)
+        ``label_counts``. A Hub stream is not read ahead, and a multi-label example has no single
+        class: a ValueError."""
+        if self.multi_label:
+            raise ValueError(
+                "sampler='balanced' draws examples by their one class, and the examples of this "
+                f"multi-label data (label_column={self.columns.label!r}) have a set of classes "
+                "each; use sampler='random' and the model's class_weights=auto (a pos_weight per "
+                "class)"
+            )
+        return self._training_labels()
+
+    def train_label_sets(self) -> np.ndarray:
+        """(N, K) 0/1 rows of the training examples' classes (all IGNORE_LABEL for a row without
+        labels), read from the label column alone, for a multi-label ``class_weights=auto``."""
+        labels = self._training_labels()
+        return labels.reshape(len(labels), self.num_classes)
 
     def label_counts(self) -> list[int]:
-        """Training examples per class, in class id order (for ``class_weights=auto``)."""
+        """Training examples per class, in class id order (for ``class_weights=auto``); for
+        multi-label data, the examples that hold each class."""
+        if self.multi_label:
+            sets = self.train_label_sets()
+            return sets[(sets >= 0).all(1)].sum(0).tolist()
         ids = self.train_classes()
         return np.bincount(ids[ids >= 0], minlength=self.num_classes).tolist()
+
+    def _training_labels(self) -> np.ndarray:
+        rows, column = self._training_rows("labels"), self.columns.label
+        label = LabelReader(self.columns)
+        values = rows.select_columns([column])[column]  # no image column read
+        return np.array([label({column: v}) for v in values], dtype=np.int64)
 
     def _kept_columns(self) -> tuple[list[str | None], list[str]]:
         return [self.columns.image, self.columns.label], [self.columns.image]
@@ -193,7 +233,7 @@ class HFImageDataModule(HFDataModule):
         return ExampleDecoder(Columns("image", None, (), None), self._eval_transform(), False)
 
     def _collate(self, role: str) -> Collate:
-        return Collate(self.image_size)
+        return Collate(self.image_size, self.num_classes if self.multi_label else None)
 
     def _train_transform(self):
         hp = self.hparams

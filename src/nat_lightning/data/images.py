@@ -21,6 +21,7 @@ from PIL import Image, ImageFile
 
 from ..batch import IGNORE_LABEL
 from .columns import Columns
+from .labels import LabelError, LabelReader
 from .transforms import reseed
 
 T = TypeVar("T")
@@ -117,39 +118,37 @@ class Undecodable:
 
 
 class ExampleDecoder:
-    """A dataset row -> ``{"pixel_values": (3, H, W) float32, "labels": int[, "ids"]}``, or an
-    ``Undecodable`` when its image cannot be decoded.
+    """A dataset row -> ``{"pixel_values": (3, H, W) float32, "labels": int | (K,) int64[, "ids"]}``,
+    or an ``Undecodable`` when its image cannot be decoded.
 
-    Labels: a ClassLabel id as stored (its ``-1``, "no label", becomes IGNORE_LABEL); a string or
-    integer through ``columns.label_ids``; IGNORE_LABEL for unlabelled data. A plain picklable
-    object, so DataLoader workers receive it.
+    Labels (data.labels.LabelReader): a class id (IGNORE_LABEL for none), or for multi-label data
+    a 0/1 vector over the classes. A label that is no class is a LabelError naming the row. A
+    plain picklable object, so DataLoader workers receive it.
     """
 
     def __init__(self, columns: Columns, transform: A.BaseCompose, random: bool):
         self.columns = columns
         self.transform = transform
         self.random = random  # reseed the (random) training pipeline from torch's RNG per example
-
-    def label(self, row: Mapping[str, Any]) -> int:
-        if self.columns.label is None:
-            return IGNORE_LABEL
-        value = row.get(self.columns.label)  # a test split may lack the column
-        if self.columns.label_ids is not None:
-            return self.columns.label_ids.get(value, IGNORE_LABEL)
-        return IGNORE_LABEL if value is None or value < 0 else int(value)
+        self.label = LabelReader(columns)
 
     def __call__(
         self, row: Mapping[str, Any], example_id: Any = None, index: int | None = None
     ) -> dict | Undecodable:
         """``index``: the row's position in its split, which names it when it has no path."""
         value = row[self.columns.image]
+        try:
+            labels = self.label(row)
+        except LabelError as err:
+            name = stored_path(value) or (None if index is None else f"row {index}")
+            raise LabelError(f"{name or 'a row'}: {err}") from None
         pixels = decode_image(value)
         if pixels is None:
             name = stored_path(value) or (None if index is None else f"row {index}")
             return Undecodable(example_id, name)
         if self.random:
             reseed(self.transform)
-        example = {"pixel_values": self.transform(image=pixels)["image"], "labels": self.label(row)}
+        example = {"pixel_values": self.transform(image=pixels)["image"], "labels": labels}
         if example_id is not None:
             example["ids"] = example_id
         return example
@@ -158,16 +157,19 @@ class ExampleDecoder:
 class Collate:
     """Stack the decoded examples into a batch; count the undecodable ones and keep their names.
 
-    The batch: ``pixel_values`` (B, 3, H, W) float32 and ``labels`` (B,) int64 of the B decoded
-    examples (B may be 0: a batch of undecodable images only), ``num_examples`` (an int, decoded
-    or not), ``num_skipped`` (an int) and ``skipped_names`` (a list of str, the undecodable
-    examples' names where known). When the examples carry ids (predict), ``ids`` lists every
-    example of the batch in input order, undecodable ones included, and ``decoded`` (a list of
-    bool of the same length) says which of them are the rows of ``pixel_values``.
+    The batch: ``pixel_values`` (B, 3, H, W) float32 and ``labels`` of the B decoded examples,
+    (B,) int64 class ids, or (B, K) int64 0/1 rows for multi-label data (``num_labels`` K). B may
+    be 0: a batch of undecodable images only. Besides: ``num_examples`` (an int, decoded or not),
+    ``num_skipped`` (an int) and ``skipped_names`` (a list of str, the undecodable examples' names
+    where known). When the examples carry ids (predict), ``ids`` lists every example of the batch
+    in input order, undecodable ones included, and ``decoded`` (a list of bool of the same length)
+    says which of them are the rows of ``pixel_values``.
     """
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, num_labels: int | None = None):
+        """``num_labels``: K of multi-label data; None for class ids."""
         self.image_size = image_size
+        self.num_labels = num_labels
 
     def __call__(self, items: list[dict | Undecodable]) -> dict[str, Any]:
         kept = [item for item in items if not isinstance(item, Undecodable)]
@@ -175,17 +177,21 @@ class Collate:
             pixels = torch.stack([torch.as_tensor(item["pixel_values"]) for item in kept])
         else:
             pixels = torch.zeros(0, 3, self.image_size, self.image_size)
-        batch = {
-            "pixel_values": pixels.float(),
-            "labels": torch.tensor([item["labels"] for item in kept], dtype=torch.int64),
-        }
-        return {**batch, **bookkeeping(items)}
+        labels = [item["labels"] for item in kept]
+        if self.num_labels is None:
+            labels = torch.tensor(labels, dtype=torch.int64)
+        else:  # an unlabelled example's IGNORE_LABEL (predict) fills its row
+            rows = [np.broadcast_to(np.asarray(v, dtype=np.int64), self.num_labels) for v in labels]
+            labels = torch.as_tensor(np.stack(rows) if rows else np.zeros((0, self.num_labels)))
+            labels = labels.long()
+        return {"pixel_values": pixels.float(), "labels": labels, **bookkeeping(items)}
 
     def padding(self, last: dict | None, batch_size: int) -> dict[str, Any]:
         """A batch that counts no example: ``last``'s pixels (zeros of ``batch_size`` images when
         None), every label IGNORE_LABEL."""
         pixels = padding_pixels(last, batch_size, self.image_size)
-        labels = torch.full((len(pixels),), IGNORE_LABEL, dtype=torch.int64)
+        shape = (len(pixels),) if self.num_labels is None else (len(pixels), self.num_labels)
+        labels = torch.full(shape, IGNORE_LABEL, dtype=torch.int64)
         return {"pixel_values": pixels, "labels": labels, **bookkeeping([])}
 
 

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import (
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    IterableDataset,
+    IterableDatasetDict,
+    LargeList,
+    List,
+)
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -235,7 +243,8 @@ def carve_fold(
     train: Split, folds: int, fold: int, seed: int, label_column: str | None, dataset: Source
 ) -> tuple[Split, Split]:
     """(train, val) for fold ``fold`` of ``folds``-fold cross-validation: the rows are dealt into
-    ``folds`` parts, class by class (a ClassLabel column) in a seeded order, so every part holds
+    ``folds`` parts, class by class (a ClassLabel column; label set by label set for a list
+    column, see ``strata``) in a seeded order, so every part holds
     each class in proportion (to one row); part ``fold`` validates, the others train. The same
     ``seed`` gives the same parts for every ``fold``: the K validation parts are disjoint and
     cover the split."""
@@ -250,9 +259,8 @@ def carve_fold(
             f"{train.size} examples; expected at least one per fold"
         )
     rng = np.random.default_rng(seed)
-    feature = train.data.features.get(label_column) if label_column else None
-    if isinstance(feature, ClassLabel):
-        labels = np.asarray(train.data[label_column])
+    labels = strata(train.data, label_column)
+    if labels is not None:
         order = np.concatenate(
             [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
         )
@@ -272,6 +280,22 @@ def carve_fold(
             f"fold {fold} of {folds} of {train.name}", train.data.select(val_rows), len(val_rows)
         ),
     )
+
+
+def strata(data: Dataset, label_column: str | None) -> np.ndarray | None:
+    """What folds are stratified by, one integer per row: the class of a ClassLabel column; the
+    label set of a list column (multi-label: the set of ids or names, a multi-hot row as stored);
+    None for anything else."""
+    feature = data.features.get(label_column) if label_column else None
+    if isinstance(feature, ClassLabel):
+        return np.asarray(data[label_column])
+    if not isinstance(feature, (List, LargeList)):
+        return None
+    inner = feature.feature
+    as_set = isinstance(inner, ClassLabel) or getattr(inner, "dtype", "").endswith("string")
+    rows = data.select_columns([label_column])[label_column]
+    keys = [repr(sorted(set(row)) if as_set else list(row)) for row in rows]
+    return np.unique(keys, return_inverse=True)[1]
 
 
 def image_files(paths: str | list[str]) -> list[str]:

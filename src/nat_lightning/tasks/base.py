@@ -224,10 +224,19 @@ class NatTask(L.LightningModule, abc.ABC):
             self.class_weights = given_weights(value, self.id2label).to(device)
             self._class_weights_set = True
         elif stage == "fit" and not self._class_weights_set:
-            self.class_weights = counted_class_weights(data, self.id2label).to(device)
+            self.class_weights = self._counted_class_weights(data).to(device)
             self._class_weights_set = True
         elif len(self.class_weights) != self.num_classes:  # classes adopted from the data
             self.class_weights = torch.ones(self.num_classes, device=device)
+
+    def monitored(self, data) -> tuple[str, str]:
+        """(the metric the best checkpoints are kept by, their file name) for a fit on ``data``
+        (callbacks.checkpoints.BestCheckpoint asks): the class's by default."""
+        return self.monitor, self.checkpoint_filename
+
+    def _counted_class_weights(self, data) -> torch.Tensor:
+        """``class_weights=auto``: balanced weights of the data's training label counts."""
+        return counted_class_weights(data, self.id2label)
 
     def _record_preprocessing(self, data) -> None:
         keys = self.PREPROCESSING_KEYS

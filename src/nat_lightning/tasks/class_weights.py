@@ -12,6 +12,11 @@
 
 The losses divide the weighted sum by the sum of the weights of their targets (PyTorch's weighted
 mean), so only the ratios between weights matter, not their scale.
+
+Multi-label classification (tasks.multi_label) takes the weights as BCEWithLogitsLoss's
+``pos_weight``, the weight of each class's positive term against its negative one, and there
+the scale matters: ``auto`` is negatives / positives per class of the training split (PyTorch's
+recipe), so that each class's positives weigh as much as its negatives.
 """
 
 from __future__ import annotations
@@ -114,4 +119,38 @@ def counted_class_weights(data, id2label: dict[int, str]) -> torch.Tensor:
             f"counted: {absent[:10]}; they get the largest weight, {float(weights.max()):.4g}"
         )
     rank_zero_info(weights_line(weights, id2label, "auto, from the training split's counts"))
+    return weights
+
+
+def counted_pos_weights(data, id2label: dict[int, str]) -> torch.Tensor:
+    """Multi-label ``class_weights=auto``: negatives / positives per class of the data's training
+    label sets (``train_label_sets()``), printed (rank zero); a class the labels never hold
+    gets the largest weight of the others, with a warning."""
+    if data is None or not hasattr(data, "train_label_sets"):
+        raise ValueError(
+            "class_weights=auto for multi-label counts the training split's label sets of the "
+            f"attached data module, and {type(data).__name__ if data is not None else 'this fit'} "
+            "has no train_label_sets(); give class_weights as a list of one pos_weight per class"
+        )
+    sets = torch.as_tensor(data.train_label_sets())
+    sets = sets[(sets >= 0).all(1)].double()
+    positives, total = sets.sum(0), len(sets)
+    if len(positives) != len(id2label) or not positives.any():
+        raise ValueError(
+            f"class_weights=auto: the training split's {total} label sets hold "
+            f"{int(positives.sum())} positives over {len(positives)} classes (the model has "
+            f"{len(id2label)}); give class_weights as a list of one pos_weight per class"
+        )
+    present = positives > 0
+    weights = torch.zeros_like(positives)
+    weights[present] = (total - positives[present]) / positives[present]
+    weights[~present] = weights[present].max()
+    absent = absent_classes(positives.long().tolist(), id2label)
+    if absent:
+        rank_zero_warn(
+            f"class_weights=auto: {len(absent)} classes never occur in the training label sets: "
+            f"{absent[:10]}; they get the largest pos_weight, {float(weights.max()):.4g}"
+        )
+    weights = weights.float()
+    rank_zero_info(weights_line(weights, id2label, "auto pos_weight, negatives / positives"))
     return weights

@@ -18,7 +18,9 @@ epoch's end, is each rank's own (``sync_on_compute=False``).
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +29,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..batch import IGNORE_LABEL
+from ..files import write_atomically
 from ..models import NatConfig, NatForImageClassification
 from ..processor_config import data_settings, preprocessor_config
+from . import multi_label as ml
 from .base import ModelCard, NatTask, meta_training_flops
+from .class_weights import counted_pos_weights
 from .inference import check_crops, classification_scores
 from .mixup import MixupCutmix
 from .network import build_network, with_classes
@@ -38,6 +43,8 @@ from .optim import param_groups, warmup_cosine
 log = logging.getLogger(__name__)
 
 PER_CLASS_LIMIT = 100  # per-class accuracy is logged by default up to this many classes
+# transformers' config.json value that makes its pipeline apply a sigmoid per class
+MULTI_LABEL_PROBLEM = "multi_label_classification"
 
 
 class NatClassifier(NatTask):
@@ -66,6 +73,8 @@ class NatClassifier(NatTask):
         log_per_class: bool | None = None,
         tta_flip: bool = False,
         tta_crops: int = 1,
+        multi_label: bool | None = None,
+        threshold: float = 0.5,
         **kwargs,
     ):
         """An image classifier; the arguments every task takes are NatTask's.
@@ -83,13 +92,24 @@ class NatClassifier(NatTask):
                 mirror of every view; the views' softmax is averaged (training is unchanged).
             tta_crops: views per image: 1 (the image) or 5 (the image and its four corner crops of
                 0.875 of each side, resized back); see tasks.inference.classification_scores.
+            multi_label: a set of classes per image: a sigmoid per class, binary cross-entropy
+                (``class_weights`` its pos_weight), ``val/map`` monitored (tasks.multi_label).
+                None: the data's (a label column holding a list per image), else single-label.
+            threshold: with multi_label, the probability from which a class is predicted (F1,
+                predict's label sets).
             kwargs: the arguments every task takes (model, pretrained, num_classes, id2label,
                 preprocessing, attention_backend, drop_path_rate, lr, weight_decay, betas,
                 layer_decay, warmup_epochs, warmup_steps, min_lr, rescale_schedule, finetune,
                 unfreeze_at_epoch, ema_decay, compile, class_weights): see NatTask.
         """
         check_crops(tta_crops)
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold={threshold}: expected a probability in (0, 1)")
         super().__init__(**kwargs)
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.hparams.multi_label)
 
     def _build_network(self) -> NatForImageClassification:
         hp = self.hparams
@@ -133,21 +153,30 @@ class NatClassifier(NatTask):
             hp.mixup_switch_prob,
             hp.label_smoothing,
         )
-        # train/acc1 is this rank's running accuracy: computing it needs no collective, and
-        # rank-0-only readers (the progress bar at the epoch's end) do compute it. val/test
-        # metrics are exact over all ranks (computed where every rank computes them).
-        train_acc1 = MulticlassAccuracy(
-            self.num_classes,
-            top_k=1,
-            average="micro",
-            ignore_index=IGNORE_LABEL,
-            sync_on_compute=False,
-        )
-        self.train_metrics = torch.nn.ModuleDict({"acc1": train_acc1})
+        # train/acc1 (train/f1_micro) is this rank's running accuracy: computing it needs no
+        # collective, and rank-0-only readers (the progress bar at the epoch's end) do compute it.
+        # val/test metrics are exact over all ranks (computed where every rank computes them).
+        if self.multi_label:
+            self.monitor, self.checkpoint_filename = ml.MONITOR, ml.CHECKPOINT_FILENAME
+            self.pictures = None  # the confusion matrix and samples draw one class per image
+            train = {"f1_micro": ml.training_metric(self.num_classes, hp.threshold)}
+        else:
+            train = {
+                "acc1": MulticlassAccuracy(
+                    self.num_classes,
+                    top_k=1,
+                    average="micro",
+                    ignore_index=IGNORE_LABEL,
+                    sync_on_compute=False,
+                )
+            }
+        self.train_metrics = torch.nn.ModuleDict(train)
         self.val_metrics, self.test_metrics = (self._stage_metrics() for _ in range(2))
 
     def _stage_metrics(self) -> torch.nn.ModuleDict:
         n = self.num_classes
+        if self.multi_label:
+            return torch.nn.ModuleDict(ml.stage_metrics(n, self.hparams.threshold))
         metrics = {
             "loss": MeanMetric(),
             "acc1": MulticlassAccuracy(n, top_k=1, average="micro", ignore_index=IGNORE_LABEL),
@@ -156,8 +185,7 @@ class NatClassifier(NatTask):
             metrics["acc5"] = MulticlassAccuracy(
                 n, top_k=5, average="micro", ignore_index=IGNORE_LABEL
             )
-        per_class = self.hparams.log_per_class
-        if per_class or (per_class is None and n <= PER_CLASS_LIMIT):
+        if self._per_class:
             labels = [self.id2label.get(i, str(i)) for i in range(n)]
             metrics["per_class"] = ClasswiseWrapper(
                 MulticlassAccuracy(n, average=None, ignore_index=IGNORE_LABEL),
@@ -165,6 +193,11 @@ class NatClassifier(NatTask):
                 prefix="acc_class/",
             )
         return torch.nn.ModuleDict(metrics)
+
+    @property
+    def _per_class(self) -> bool:
+        per_class = self.hparams.log_per_class
+        return per_class or (per_class is None and self.num_classes <= PER_CLASS_LIMIT)
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -181,16 +214,63 @@ class NatClassifier(NatTask):
     def export_image_size(self, checkpoint: dict) -> int:
         return data_settings(checkpoint)[0]
 
+    def save_pretrained(self, directory) -> None:
+        """transformers' layout; a multi-label classifier's config.json says so
+        (``problem_type``), so that transformers' pipeline applies a sigmoid, not a softmax."""
+        super().save_pretrained(directory)
+        if self.multi_label:
+            path = Path(directory) / "config.json"
+            config = {**json.loads(path.read_text()), "problem_type": MULTI_LABEL_PROBLEM}
+            write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.network(pixel_values).logits
 
     def infer(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Evaluation scores (B, K): the logits, or with ``tta_flip``/``tta_crops`` the log of the
-        views' mean softmax (classification_scores)."""
+        views' mean softmax (the logit of their mean sigmoid for multi-label;
+        classification_scores)."""
         hp = self.hparams
-        return classification_scores(self, pixel_values, hp.tta_flip, hp.tta_crops)
+        return classification_scores(
+            self, pixel_values, hp.tta_flip, hp.tta_crops, multi_label=self.multi_label
+        )
 
     # -- the classes and preprocessing of the attached data ------------------------------------
+
+    def configure_model(self) -> None:
+        """Turn multi-label when the data's labels are sets and ``multi_label`` was left unset;
+        then the shared set-up (NatTask.configure_model)."""
+        if self._trainer is not None and self.trainer.state.fn != "predict":
+            self._follow_label_kind(self.trainer.datamodule)
+        super().configure_model()
+
+    def _follow_label_kind(self, data) -> None:
+        if not getattr(data, "multi_label", False) or self.multi_label:
+            return  # single-label data trains a multi-label model as one-class sets
+        if self.hparams.multi_label is False:
+            column = getattr(getattr(data, "columns", None), "label", None)
+            raise ValueError(
+                f"multi_label=False, but the data's label column {column!r} holds a set of "
+                "classes per image; leave multi_label unset to train on the sets, or pass "
+                "--data.label_sets false to read each list as exactly one class"
+            )
+        self.hparams.multi_label = True
+        self._use_network(self.network)
+
+    def monitored(self, data) -> tuple[str, str]:
+        """(the metric the best checkpoints are kept by, their file name) for a fit on ``data``:
+        ``val/map`` for multi-label, else the class's ``monitor``. BestCheckpoint asks before
+        the model has seen the data (its ``setup`` runs first)."""
+        if self.multi_label or (
+            self.hparams.multi_label is None and getattr(data, "multi_label", False)
+        ):
+            return ml.MONITOR, ml.CHECKPOINT_FILENAME
+        return type(self).monitor, type(self).checkpoint_filename
+
+    def _counted_class_weights(self, data) -> torch.Tensor:
+        if self.multi_label:
+            return counted_pos_weights(data, self.id2label)
+        return super()._counted_class_weights(data)
 
     def _adopt_classes(self, id2label: dict[int, str]) -> None:
         check_class_count(len(id2label), f"the data's classes {list(id2label.values())[:5]}")
@@ -209,6 +289,8 @@ class NatClassifier(NatTask):
 
     def _training_loss(self, batch):
         images, labels = batch["pixel_values"], batch["labels"]
+        if self.multi_label:
+            return self._multi_label_loss(images, ml.label_rows(labels, self.num_classes))
         if self.mixup.active or self.class_weights is not None:
             images, targets = self.mixup(images, labels)  # smoothed (and mixed when active)
             logits = self(images)
@@ -216,16 +298,27 @@ class NatClassifier(NatTask):
         else:
             logits = self(images)
             loss = self._cross_entropy(logits, labels, self.hparams.label_smoothing)
-        self.train_metrics["acc1"](logits, labels)
+        self._log_training(loss, logits, labels, "acc1")
+        return loss
+
+    def _multi_label_loss(self, images, rows):
+        """Binary cross-entropy of smoothed (and mixed) 0/1 rows, class_weights as pos_weight."""
+        images, targets = self.mixup(images, rows, ml.smoothed(rows, self.hparams.label_smoothing))
+        logits = self(images)
+        loss = ml.multi_label_loss(logits, targets, rows, self.class_weights)
+        self._log_training(loss, logits.sigmoid(), rows, "f1_micro")
+        return loss
+
+    def _log_training(self, loss, predictions, labels, name: str) -> None:
+        self.train_metrics[name](predictions, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         self.log(
-            "train/acc1",
-            self.train_metrics["acc1"],
+            f"train/{name}",
+            self.train_metrics[name],
             on_step=False,
             on_epoch=True,
             batch_size=len(labels),
         )
-        return loss
 
     def _evaluate(self, stage: str, batch) -> dict:
         """Logs the same metrics on every rank and batch, a batch of undecodable images
@@ -235,25 +328,43 @@ class NatClassifier(NatTask):
             logits = self.infer(batch["pixel_values"])
         else:
             logits = torch.zeros(0, self.num_classes, device=labels.device)
-        labelled = (labels != IGNORE_LABEL).sum()
+        if self.multi_label:
+            labels = ml.label_rows(labels, self.num_classes)
+            labelled, loss = ml.labelled(labels).sum(), ml.multi_label_loss(logits, labels, labels)
+            shown, predictions = "f1_micro", logits.sigmoid()
+        else:
+            labelled, loss = (labels != IGNORE_LABEL).sum(), self._cross_entropy(logits, labels)
+            shown, predictions = "acc1", logits
         metrics = getattr(self, f"{stage}_metrics")
         # the loss is a mean over labelled examples of all ranks, weighted exactly (a mean of the
         # ranks' means is not, with uneven ranks or padding rows)
-        metrics["loss"].update(self._cross_entropy(logits, labels), weight=labelled)
+        metrics["loss"].update(loss, weight=labelled)
         for name, metric in metrics.items():
             if name != "loss" and len(labels):  # torchmetrics cannot take an empty update
-                metric.update(logits, labels)
-            if name != "per_class":
+                metric.update(predictions, labels)
+            if name not in ("per_class", *ml.EPOCH_METRICS):
                 self.log(
                     f"{stage}/{name}",
                     metric,
-                    prog_bar=stage == "val" and name in ("loss", "acc1"),
+                    prog_bar=stage == "val" and name in ("loss", shown),
                     batch_size=len(labels),
                 )
         return {"logits": logits.detach(), "labels": labels}  # for ValidationPictures
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
+        if self.multi_label:  # every rank updated them (_evaluate): compute() gathers
+            names = [self.id2label.get(i, str(i)) for i in range(self.num_classes)]
+            values = ml.epoch_values(metrics, names, self._per_class)
+            for name, value in values.items():  # equal on all ranks
+                self.log(
+                    f"{stage}/{name}",
+                    value,
+                    sync_dist=True,
+                    reduce_fx="max",
+                    prog_bar=stage == "val" and name == "map",
+                )
+            return
         metric = metrics["per_class"] if "per_class" in metrics else None  # noqa: SIM401 (ModuleDict has no get)
         if metric is None:  # every rank updated it (_evaluate): compute() gathers on all of them
             return
@@ -276,7 +387,11 @@ class NatClassifier(NatTask):
 
     def _predict(self, batch) -> dict:
         """Top-k class ids (``top_ids``), label names (``top_labels``) and probabilities
-        (``top_probs``) of every decoded image."""
+        (``top_probs``) of every decoded image; for multi-label the classes at or above
+        ``threshold`` instead, most probable first, and every class's probability (``scores``
+        (n, K), ``class_names``)."""
+        if self.multi_label:
+            return self._predict_sets(batch["pixel_values"])
         k = min(self.hparams.predict_top_k, self.num_classes)
         if len(batch["pixel_values"]):
             probs = self.infer(batch["pixel_values"]).float().softmax(-1)
@@ -287,6 +402,20 @@ class NatClassifier(NatTask):
             "top_ids": top_ids.cpu(),
             "top_labels": [[self.id2label.get(i, str(i)) for i in row] for row in top_ids.tolist()],
             "top_probs": top_probs.cpu(),
+        }
+
+    def _predict_sets(self, images: torch.Tensor) -> dict:
+        if len(images):
+            probs = self.infer(images).float().sigmoid().cpu()
+        else:
+            probs = torch.zeros(0, self.num_classes)
+        ids, names, values = ml.predicted_sets(probs, self.hparams.threshold, self.id2label)
+        return {
+            "top_ids": ids,
+            "top_labels": names,
+            "top_probs": values,
+            "scores": probs,
+            "class_names": [self.id2label.get(i, str(i)) for i in range(self.num_classes)],
         }
 
     # -- optimisation --------------------------------------------------------------------------
@@ -335,5 +464,5 @@ def check_class_count(n: int, given: str) -> None:
             f"{given}: a classifier needs at least 2 classes, got {n}; for one yes/no question "
             "use two classes (num_classes=2, e.g. id2label={0: 'no', 1: 'yes'}); several "
             "independent yes/no labels per image are multi-label classification, which "
-            "NatClassifier does not do"
+            "NatClassifier reads from a label column holding a list per image (multi_label)"
         )

@@ -124,16 +124,22 @@ def classification_scores(
     images: torch.Tensor,
     flip: bool = False,
     crops: int = 1,
+    multi_label: bool = False,
 ) -> torch.Tensor:
     """Class scores (B, K) of ``forward`` over test-time augmentations: the logits of one view
     (no flip, one crop), else the log of the mean softmax of the views (``crop_views``, each also
     mirrored when ``flip``), as tta_scores does for segmentation; argmax, top-k and softmax of
-    either are the prediction, and cross-entropy on them the loss."""
+    either are the prediction, and cross-entropy on them the loss. ``multi_label``: the logit of
+    the views' mean sigmoid instead, so that sigmoid and binary cross-entropy apply alike."""
     views = crop_views(images, crops)
     if flip:
         views += [view.flip(-1) for view in views]
     if len(views) == 1:
         return forward(images).float()
+    if multi_label:
+        mean = sum(forward(view).float().sigmoid() for view in views) / len(views)
+        eps = torch.finfo(torch.float32).eps
+        return torch.logit(mean, eps=eps)
     total = sum(forward(view).float().softmax(-1) for view in views)
     return _log_mean(total, len(views))
 

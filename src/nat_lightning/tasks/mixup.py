@@ -51,8 +51,9 @@ class MixupCutmix:
         targets.scatter_(1, labels.clamp(min=0)[:, None], 1 - self.label_smoothing + off)
         return targets * (labels >= 0)[:, None]
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        targets = self.smooth(labels)
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets=None):
+        """``targets``: soft targets (B, K) to mix instead of ``labels`` smoothed (multi-label)."""
+        targets = self.smooth(labels) if targets is None else targets
         if not self.active or torch.rand(()).item() >= self.prob:
             return images, targets
         use_cutmix = self.cutmix_alpha > 0 and (
