@@ -11,6 +11,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
+from torchmetrics.detection import PanopticQuality
 
 from nat_lightning.batch import IGNORE_PIXEL, VOID_SEGMENT
 from nat_lightning.callbacks.skipped_images import SkippedImagesReport
@@ -252,6 +253,9 @@ def test_the_embedded_data_gives_batches_of_the_documented_shapes(workers):
             assert set(masks.unique().tolist()) <= {0.0, 1.0} and (masks.sum(0) <= 1).all()
             assert ((classes >= 0) & (classes < 5)).all()
     assert batch["sizes"].tolist() == [[64, 64]] * 4
+    things, stuffs = set(dm.thing_ids), set(dm.stuff_ids)
+    quality = PanopticQuality(things=things, stuffs=stuffs, allow_unknown_preds_category=True)
+    assert quality(batch["panoptic_map"], batch["panoptic_map"]) == 1.0  # the metric takes it
 
 
 def test_the_no_argument_constructor_reads_the_embedded_data():
