@@ -7,7 +7,8 @@ they do alone) with ``--data.folds K --data.fold i``: the data module deals the 
 into K seeded, stratified parts and validates on part i (data/sources.py ``carve_fold``). The
 folds live in a fresh run folder of the root, ``<default_root_dir>/version_N/fold_i/version_0``,
 and beside them ``cv_summary.json`` and ``cv_summary.csv`` hold each fold's best value of the
-task's monitored metric (``val/acc1``, ``val/miou``), their mean and standard deviation.
+task's monitored metric (``val/acc1``, ``val/miou``; ``val/map`` for multi-label data, as each
+fold's checkpoint records it), their mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 
 from . import runs, task_choice
-from .files import write_atomically
+from .files import read_lightning_checkpoint, write_atomically
 
 
 def cross_validate(argv: list[str]) -> Path:
@@ -34,7 +35,8 @@ def cross_validate(argv: list[str]) -> Path:
     root = task_choice.chosen_value(args, "trainer.default_root_dir") or runs.DEFAULT_ROOT
     run = runs.new_run(root)
     rank_zero_info(
-        f"cross_validate: {folds} folds in {runs.shown(run)[0]}, ranked by {task.monitor}"
+        f"cross_validate: {folds} folds in {runs.shown(run)[0]}, each ranked by the metric its "
+        "best checkpoints are kept by"
     )
     best = []
     for fold in range(folds):
@@ -58,12 +60,12 @@ def cross_validate(argv: list[str]) -> Path:
                 f"cross_validate: fold {fold} of {folds} failed (exit {code}); its "
                 f"output is above, its run in {runs.shown(fold_root)[0]}"
             )
-        best.append(
-            best_value(fold_root / "version_0" / "metrics.csv", task.monitor, task.monitor_mode)
-        )
-    summary = write_summary(run, task.monitor, best)
+        fold_run = fold_root / "version_0"
+        monitor = fold_monitor(fold_run, task.monitor)
+        best.append(best_value(fold_run / "metrics.csv", monitor, task.monitor_mode))
+    summary = write_summary(run, monitor, best)
     rank_zero_info(
-        f"cross_validate finished: {task.monitor} {summary['mean']:.4f} +- "
+        f"cross_validate finished: {monitor} {summary['mean']:.4f} +- "
         f"{summary['std']:.4f} over {folds} folds; summary {runs.shown(run / 'cv_summary.json')[0]}"
     )
     return run
@@ -89,6 +91,21 @@ def folds_argument(argv: list[str]) -> tuple[int, list[str]]:
             "nat-lightning cross_validate --folds 5 --config configs/quickstart.yaml"
         )
     return folds, args
+
+
+def fold_monitor(fold_run: Path, default: str) -> str:
+    """The metric a fold's best checkpoints were kept by, as its last.ckpt recorded it (the data
+    can decide it: ``val/map`` for a multi-label classifier); ``default`` without one."""
+    path = fold_run / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        return default
+    states = read_lightning_checkpoint(path).get("callbacks") or {}
+    monitors = [
+        state.get("monitor")
+        for name, state in states.items()
+        if name.startswith("BestCheckpoint") and isinstance(state, dict)
+    ]
+    return next((m for m in monitors if m), default)
 
 
 def best_value(metrics_csv: Path, monitor: str, mode: str) -> float:

@@ -36,11 +36,11 @@ class LabelReader:
             if c.stored_lists and value is not None:
                 return self._single(self._ids(value))
             return self._id(value)
-        vector = np.zeros(len(c.names), dtype=np.int64)
-        if value is None:
+        ids = None if value is None else self._ids(value) if c.stored_lists else [self._id(value)]
+        if ids is None or IGNORE_LABEL in ids:  # no label at all: the row counts nowhere
             return np.full(len(c.names), IGNORE_LABEL, dtype=np.int64)
-        ids = self._ids(value) if c.stored_lists else [self._id(value)]
-        vector[[i for i in ids if i != IGNORE_LABEL]] = 1
+        vector = np.zeros(len(c.names), dtype=np.int64)
+        vector[ids] = 1
         return vector
 
     def _id(self, value: Any) -> int:
