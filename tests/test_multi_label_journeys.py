@@ -74,6 +74,13 @@ def test_a_list_labelled_fit_logs_val_map_and_keeps_checkpoints_by_it(multi_labe
     shown = dict(pair.split(": ") for pair in printed[0].split("positives): ")[1].split(", "))
     assert np.allclose([float(shown[n]) for n in NAMES], weights, rtol=1e-3)
     assert np.all(weights > 0.3) and np.all(weights < 3)  # each colour lit about half the time
+    # the samples picture: the 10 validation images (val_fraction 0.1 of 96) titled with label
+    # sets (the CLI draws pictures by default)
+    picture = PILImage.open(run / "pictures" / "samples_epoch001.png")
+    assert picture.text["Description"].startswith("validation, epoch 1: 10 images, ")
+    rgb = np.asarray(picture.convert("RGB")).astype(int)
+    lit = (rgb.max(-1) > 200) & (rgb.min(-1) < 60)  # the tiles' saturated colours
+    assert lit.mean() > 0.05 and rgb.shape[1] > 900  # 2 rows of 8 tiles, then 2
 
 
 def test_the_checkpoint_alone_validates_with_flip_tta_and_predicts_label_sets(

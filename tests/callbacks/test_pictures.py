@@ -179,6 +179,40 @@ def test_the_callback_writes_the_confusion_and_mistakes_first(tmp_path):
         assert np.abs(tile_centre(rgb, ax) - image[0, 0]).max() <= 1
 
 
+def test_a_multi_label_callback_titles_samples_with_sets_largest_error_first(tmp_path):
+    trainer, module = fakes(tmp_path, "label_sets")
+    module.hparams = SimpleNamespace(threshold=0.5)
+    probs = torch.tensor([[0.9, 0.2, 0.6], [0.3, 0.1, 0.1], [0.8, 0.7, 0.1], [0.5, 0.5, 0.5]])
+    labels = torch.tensor([[1, 0, 1], [1, 0, 0], [1, 0, 0], [-100, -100, -100]])
+    pixels = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(-1, 1, 1, 1).expand(-1, 3, 6, 6) * 2 - 1
+    outputs = {"logits": torch.logit(probs), "labels": labels}
+    validate(
+        ValidationPictures(max_images=3), trainer, module, [(outputs, {"pixel_values": pixels})]
+    )
+    written = Image.open(tmp_path / "pictures" / "samples_epoch002.png")
+    # mistakes: row 1 (c0 missed, error 0.7), row 2 (c1 extra, error 0.7); then row 0, right;
+    # the padding row is no sample
+    grey = [solid([round(255 * s)] * 3) for s in (0.2, 0.3, 0.1)]
+    samples = [
+        (grey[0], (0,), (), 0.7),
+        (grey[1], (0,), (0, 1), 0.7),
+        (grey[2], (0, 2), (0, 2), 0.4),
+    ]
+    expected, description = samples_figure(samples, module.id2label, "validation, epoch 2")
+    assert (
+        written.text["Description"]
+        == description
+        == "validation, epoch 2: 3 images, 2 mistakes first"
+    )
+    titles = [ax.title.get_text() for ax in expected.axes]
+    assert titles == ["true c0\npred none", "true c0\npred c0, c1", "true c0, c2\npred c0, c2"]
+    assert [ax.title.get_color() for ax in expected.axes] == [WRONG, WRONG, RIGHT]
+    rgb = np.asarray(written.convert("RGB"))
+    figure_rgb(expected)
+    for ax, (image, *_) in zip(expected.axes, samples):
+        assert np.abs(tile_centre(rgb, ax) - image[0, 0]).max() <= 1
+
+
 def test_the_callback_draws_a_segmenters_overlays_cropped_to_content(tmp_path):
     trainer, module = fakes(tmp_path, "masks", num_classes=2)
     labels = torch.zeros(2, 8, 8, dtype=torch.long)

@@ -2,7 +2,9 @@
 
 A classifier gets ``confusion_epochNNN.png`` (rows normalised, class names; with more than
 ``max_classes`` classes, the most-confused ones) and ``samples_epochNNN.png`` (validation images
-with their true and predicted labels, mistakes first); a segmenter gets ``overlays_epochNNN.png``
+with their true and predicted labels, mistakes first); a multi-label classifier gets the samples,
+each titled with its true and predicted label sets (a mistake: the sets differ; the largest
+probability error first); a segmenter gets ``overlays_epochNNN.png``
 (rows of image | truth | prediction, the classes in the palette of callbacks.mask_writer, the
 ignore value 255 in neutral grey). They are written under ``<default_root_dir>/pictures/`` after
 every ``every_n_epochs``-th validation (not the sanity check), the newest ``keep`` epochs of each
@@ -10,8 +12,9 @@ kept, and sent to TensorBoard, W&B or MLflow when such a logger is attached (dec
 logger can do, as torchgeo's trainers decide; the CSV logger gets files only).
 
 What the callback reads comes from the task, not from a second forward pass: the task's
-``pictures`` class attribute says what its ``validation_step`` returns (``"classes"``: ``logits``
-and ``labels``; ``"masks"``: ``masks`` (B, H, W) and ``labels``), and ``on_validation_batch_end``
+``pictures`` attribute says what its ``validation_step`` returns (``"classes"``: ``logits``
+and ``labels``; ``"label_sets"``: ``logits`` (B, K) and 0/1 ``labels`` (B, K); ``"masks"``:
+``masks`` (B, H, W) and ``labels``), and ``on_validation_batch_end``
 receives it. Under DDP the confusion matrix is torchmetrics' MulticlassConfusionMatrix, updated on
 every rank and gathered by its ``compute()``, which every rank calls once per drawn validation,
 in ``on_validation_epoch_end`` (the only collective; the decision to draw is the same on every
@@ -110,6 +113,11 @@ class ValidationPictures(Callback):
         stats = image_stats(trainer, pl_module)
         if self._kind == "classes" and min(len(self._right), len(self._wrong)) < self.max_images:
             self._collect_classes(outputs, batch["pixel_values"], stats)
+        elif (
+            self._kind == "label_sets" and min(len(self._right), len(self._wrong)) < self.max_images
+        ):
+            threshold = getattr(pl_module.hparams, "threshold", 0.5)
+            self._collect_sets(outputs, batch["pixel_values"], stats, threshold)
         elif self._kind == "masks" and len(self._rows) < self.max_images:
             self._collect_masks(outputs, batch, stats)
 
@@ -122,6 +130,20 @@ class ValidationPictures(Callback):
             bucket = self._wrong if pred != label else self._right
             if label != IGNORE_LABEL and len(bucket) < self.max_images:
                 bucket.append((to_uint8(images[i], stats), label, pred, prob))
+
+    def _collect_sets(self, outputs, images, stats, threshold: float) -> None:
+        """(image, true ids, predicted ids, largest probability error) of labelled rows."""
+        probs = outputs["logits"].float().sigmoid()
+        for i, (label, prob) in enumerate(zip(outputs["labels"], probs)):
+            if (label == IGNORE_LABEL).any():
+                continue
+            pred = prob >= threshold
+            bucket = self._wrong if bool((pred != label.bool()).any()) else self._right
+            if len(bucket) < self.max_images:
+                error = float((prob - label.float()).abs().max())
+                true_ids = tuple(label.nonzero().flatten().tolist())
+                pred_ids = tuple(pred.nonzero().flatten().tolist())
+                bucket.append((to_uint8(images[i], stats), true_ids, pred_ids, error))
 
     def _collect_masks(self, outputs, batch, stats) -> None:
         images, masks, labels = batch["pixel_values"], outputs["masks"], outputs["labels"]
@@ -145,7 +167,8 @@ class ValidationPictures(Callback):
         figures = {}
         if counts is not None:
             figures["confusion"] = confusion_figure(counts, names, self.max_classes, where)
-        samples = sorted(self._wrong, key=lambda s: -s[3])  # the most confident mistakes first
+        # the most confident mistakes (the largest probability errors) first
+        samples = sorted(self._wrong, key=lambda s: -s[3])
         samples = (samples + self._right)[: self.max_images]
         if samples:
             figures["samples"] = samples_figure(samples, names, where)
@@ -209,7 +232,8 @@ def most_confused(counts: np.ndarray, limit: int) -> list[int]:
 
 def samples_figure(samples: list[tuple], names: dict[int, str], where: str):
     """A grid of (image, label, prediction, probability) tiles, titled with the true and the
-    predicted class (red for a mistake); (figure, description)."""
+    predicted class (red for a mistake); label and prediction may be tuples of class ids (label
+    sets); (figure, description)."""
     from matplotlib.figure import Figure
 
     n = len(samples)
@@ -221,13 +245,24 @@ def samples_figure(samples: list[tuple], names: dict[int, str], where: str):
         ax = figure.add_subplot(rows, cols, k + 1)
         ax.imshow(image, interpolation="nearest")
         ax.set_axis_off()
-        true, guess = short(names.get(label, str(label))), short(names.get(pred, str(pred)))
         wrong += pred != label
         colour = WRONG if pred != label else RIGHT
-        ax.set_title(f"true {true}\npred {guess} ({prob:.2f})", color=colour, fontsize=8)
+        if isinstance(label, tuple):
+            text = f"true {set_text(label, names)}\npred {set_text(pred, names)}"
+        else:
+            true, guess = short(names.get(label, str(label))), short(names.get(pred, str(pred)))
+            text = f"true {true}\npred {guess} ({prob:.2f})"
+        ax.set_title(text, color=colour, fontsize=8)
     description = f"{where}: {n} images, {wrong} mistakes first"
     figure.suptitle(f"{where}: {n} images, {wrong} mistakes (red) first", fontsize=10)
     return figure, description
+
+
+def set_text(ids: tuple[int, ...], names: dict[int, str], shown: int = 3) -> str:
+    """A label set as up to ``shown`` class names and a count of the rest; "none" when empty."""
+    words = [short(names.get(i, str(i))) for i in ids[:shown]]
+    more = f" +{len(ids) - shown}" if len(ids) > shown else ""
+    return ", ".join(words) + more if words else "none"
 
 
 def overlays_figure(rows: list[tuple], names: dict[int, str], alpha: float, where: str):

@@ -64,7 +64,7 @@ class NatTask(L.LightningModule, abc.ABC):
     writer_class: ClassVar[str]  # class path of predict's writer callback (``--prediction.*``)
     card: ClassVar[ModelCard]  # what an exported folder's README says of the task
     # what validation_step returns for callbacks.pictures.ValidationPictures: "classes" (logits,
-    # labels), "masks" (masks, labels); None: nothing to draw
+    # labels), "label_sets" (logits, 0/1 label rows), "masks" (masks, labels); None: nothing
     pictures: ClassVar[str | None] = None
     _DECLARED = ("monitor", "checkpoint_filename", "data_class", "writer_class", "card")
 

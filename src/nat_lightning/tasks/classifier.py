@@ -158,7 +158,7 @@ class NatClassifier(NatTask):
         # val/test metrics are exact over all ranks (computed where every rank computes them).
         if self.multi_label:
             self.monitor, self.checkpoint_filename = ml.MONITOR, ml.CHECKPOINT_FILENAME
-            self.pictures = None  # the confusion matrix and samples draw one class per image
+            self.pictures = "label_sets"  # samples titled with sets (ValidationPictures)
             train = {"f1_micro": ml.training_metric(self.num_classes, hp.threshold)}
         else:
             train = {
