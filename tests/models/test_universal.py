@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tests.conftest import FIXTURES
 
 from nat_lightning.models import NatConfig, NatForImageClassification
@@ -147,7 +147,8 @@ def test_save_pretrained_writes_the_fixtures_layout_and_loads_back_bit_exactly(
             assert written[key] == original[key], key
     again = NatForUniversalSegmentation.from_pretrained(tmp_path, attention_backend="torch")
     expected = load_file(str(source / "expected.safetensors"))
-    x, tasks = expected["pixel_values"], expected.get("task_inputs")
+    x, tasks = expected["pixel_values"][:1, :, :64, :64], expected.get("task_inputs")
+    tasks = None if tasks is None else tasks[:1]
     first, second = predict(model, x, tasks), predict(again, x, tasks)
     assert torch.equal(first.class_queries_logits, second.class_queries_logits)
     assert torch.equal(first.masks_queries_logits, second.masks_queries_logits)
@@ -193,8 +194,6 @@ def test_loading_is_strict_and_errors_name_what_they_found(tmp_path):
     shutil.copytree(source, folder)
     state = load_file(str(source / "model.safetensors"))
     del state["class_predictor.bias"]
-    from safetensors.torch import save_file
-
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(ValueError, match=r"missing keys \[heads.class_predictor.bias\]"):
         NatForUniversalSegmentation.from_pretrained(folder)
@@ -272,14 +271,16 @@ def test_loss_is_finite_and_gradients_reach_backbone_and_heads(architecture):
     out = model(torch.randn(2, 3, 48, 64), masks, classes, task_inputs=task_inputs(model))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
-    reached = {
-        n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
-    }
-    assert {n for n, _ in model.backbone.named_parameters(prefix="backbone")} <= reached
-    heads = {n for n, _ in model.heads.named_parameters(prefix="heads")}
-    # the classes of unmatched queries and the masks of matched ones reach both heads
-    assert {n for n in heads if "class" in n} <= reached
-    assert len(heads & reached) > 0.9 * len(heads)
+    missed = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    # the pixel decoder's level_embed reaches the loss only through the deformable attention's
+    # sampling offsets and attention weights, whose weights start at zero (Deformable DETR's
+    # init): its first gradient is 0. OneFormer's contrastive temperature needs is_training.
+    expected = ["heads.model.pixel_level_module.decoder.level_embed"]
+    if architecture == "oneformer":
+        expected.append("heads.criterion.logit_scale")
+    assert missed == expected
 
 
 def test_a_tiny_model_learns_one_batch():
@@ -290,7 +291,7 @@ def test_a_tiny_model_learns_one_batch():
     masks, classes = random_targets(2, (32, 32), 3, generator)
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.05), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(5):
         loss = model(x, masks, classes).loss
         optimizer.zero_grad()
         loss.backward()
@@ -387,3 +388,78 @@ def test_nothing_imports_transformers_dinat_or_nat():
     )
     assert result.returncode == 0, result.stderr
     assert "IMPORTED []" in result.stdout
+
+
+# -- transformers' own classes read our folders ---------------------------------------------------
+
+_TRANSFORMERS_SCRIPT = """
+import sys
+import natten.functional as F
+import torch
+from safetensors.torch import load_file, save_file
+if not hasattr(F, "natten2dqkrpb"):  # the names transformers 4.x imports, on NATTEN 0.17.5's kernels
+    F.natten2dqkrpb = lambda q, k, rpb, ks, dil: F.na2d_qk(q, k, ks, dil, rpb=rpb)
+    F.natten2dav = lambda a, v, ks, dil: F.na2d_av(a, v, ks, dil)
+import transformers
+folder, inputs, output = sys.argv[1:]
+architecture = transformers.AutoConfig.from_pretrained(folder).architectures[0]
+model = getattr(transformers, architecture).from_pretrained(folder).eval()
+with torch.no_grad():
+    out = model(**load_file(inputs))
+save_file({k: out[k].contiguous() for k in ("class_queries_logits", "masks_queries_logits")}, output)
+"""
+
+
+def _has_transformers440() -> bool:
+    scipy = list(TF440.glob("venv/lib/python*/site-packages/scipy"))
+    return (TF440 / "tf440" / "transformers").is_dir() and bool(scipy)
+
+
+@pytest.mark.skipif(
+    not _has_transformers440(),
+    reason=f"transformers 4.40.2 environment with scipy not at {TF440} (setup_transformers440.sh, "
+    "then pip install scipy there; TRANSFORMERS440_DIR)",
+)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_transformers_loads_our_folder_and_computes_our_outputs(architecture, tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(architecture)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # nothing left at its initial value (zero biases, unit norms)
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.save_pretrained(tmp_path / "folder")
+    inputs = {"pixel_values": torch.randn(2, 3, 64, 48, generator=generator)}
+    if architecture == "oneformer":
+        inputs["task_inputs"] = task_inputs(model)
+    save_file(inputs, str(tmp_path / "inputs.safetensors"))
+    (tmp_path / "run.py").write_text(_TRANSFORMERS_SCRIPT)
+    args = [TF440 / "venv/bin/python", tmp_path / "run.py", tmp_path / "folder"]
+    args += [tmp_path / "inputs.safetensors", tmp_path / "out.safetensors"]
+    env = {**os.environ, "PYTHONPATH": str(TF440 / "tf440")}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "newly initialized" not in result.stderr and "not used" not in result.stderr
+    theirs = load_file(str(tmp_path / "out.safetensors"))
+    ours = predict(model, inputs["pixel_values"], inputs.get("task_inputs"))
+    for key, value in theirs.items():
+        assert relative_error(ours[key], value) <= 1e-4, key
+
+
+def test_a_deep_copy_runs_its_own_backbone():
+    """EMA and checkpoint averaging deep-copy the model: the copy's slot must call the copy's
+    backbone, whose weights are the only ones the copy's state dict names."""
+    import copy
+
+    model = tiny_model("mask2former")
+    twin = copy.deepcopy(model)
+    assert twin.heads.model.pixel_level_module.encoder._backbone[0] is twin.backbone
+    x = torch.randn(1, 3, 64, 64)  # 32 px: a 1x1 map, GroupNorm refuses
+    assert torch.equal(
+        predict(model, x).masks_queries_logits, predict(twin, x).masks_queries_logits
+    )
+    with torch.no_grad():
+        twin.backbone.patch_embed.proj[0].weight.zero_()
+    assert not torch.equal(
+        predict(model, x).masks_queries_logits, predict(twin, x).masks_queries_logits
+    )

@@ -20,6 +20,7 @@ Shapes for a ``(B, 3, H, W)`` input: feature maps ``(B, C_i, H/2^(i+2), W/2^(i+2
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -270,8 +271,6 @@ class NatForUniversalSegmentation(nn.Module):
         The folder loads with ``from_pretrained`` here and with transformers' (<= 4.40)
         ``Mask2FormerForUniversalSegmentation``/``OneFormerForUniversalSegmentation``.
         """
-        import json
-
         from safetensors.torch import save_file
 
         directory = Path(directory)
