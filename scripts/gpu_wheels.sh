@@ -6,8 +6,8 @@
 # Then name .gpu_wheels in the device call's carry (the tree and the carried paths travel
 # within 64 MiB together; this stops above 40 MiB).
 #
-# The image has Python 3.12, torch 2.11 (CUDA 13), Lightning, torchmetrics, timm, numpy, pillow,
-# opencv, huggingface_hub and more, but not datasets, albumentations or jsonargparse. The
+# The image has Python 3.12, torch 2.11 (CUDA 13), Lightning, torchmetrics, timm, numpy, scipy,
+# pillow, opencv, matplotlib, transformers 5.17, huggingface_hub and more, but not datasets, albumentations or jsonargparse. The
 # project's dependencies (pyproject.toml) less ON_IMAGE are resolved for that machine
 # (CPython 3.12, manylinux x86-64, wheels only) and every wheel of the result is downloaded
 # except those of LARGE. Small wheels of packages the image also has (typing_extensions, fsspec,
@@ -19,7 +19,8 @@ dest=${1:-.gpu_wheels}
 shift $(($# > 0 ? 1 : 0))
 # project dependencies the image already has; lightning and torchmetrics would also pull torch
 # into the resolution
-ON_IMAGE="torch lightning torchmetrics numpy pillow opencv-python-headless rich safetensors huggingface_hub"
+ON_IMAGE="torch lightning torchmetrics numpy scipy pillow opencv-python-headless matplotlib rich
+    safetensors huggingface_hub transformers"
 # packages the image has whose wheels are large: never carried
 LARGE="torch triton numpy scipy pandas pyarrow pillow opencv-python-headless hf-xet"
 MAX_MIB=40

@@ -202,3 +202,24 @@ def test_folds_of_multi_label_data_deal_each_label_set_evenly():
         assert sorted(map(tuple, val)) == [(0,)] * 2 + [(0, 1)] * 2 + [(1,)] * 2
         seen += [tuple(v) for v in val]
     assert len(seen) == 18
+
+
+def test_a_stream_reads_the_label_sets_map_style_reads():
+    sets = [[k % 3] for k in range(3)] + [[], [0, 1, 2], [1, 2]] * 3
+    data = Dataset.from_dict(
+        {"image": [png(i) for i in range(12)], "tags": sets},
+        Features({"image": Image(), "tags": List(ClassLabel(names=["a", "b", "c"]))}),
+    )
+    read = {}
+    for streaming in (False, True):
+        dm = HFImageDataModule(
+            data, image_size=8, val_split=None, test_split="train", batch_size=5,
+            streaming=streaming, num_workers=0,
+        )  # fmt: skip
+        dm.setup("test")
+        read[streaming] = torch.cat([b["labels"] for b in dm.test_dataloader()]).tolist()
+    expected = [[int(c in row) for c in range(3)] for row in sets]
+    assert read[False] == expected
+    # a stream pads its last batch to the even length every rank shares; padding rows are ignored
+    assert read[True][:12] == expected
+    assert all(row == [-100] * 3 for row in read[True][12:])
