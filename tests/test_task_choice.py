@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nat_lightning import NatClassifier, NatSegmenter
+from nat_lightning import NatClassifier, NatSegmenter, NatUniversalSegmenter
 from nat_lightning.task_choice import (
     chosen_classes,
     import_class,
@@ -58,13 +58,17 @@ def test_a_checkpoint_names_its_class_unless_the_command_line_does(tmp_path):
     assert chosen_classes(["validate", "--ckpt_path", str(bare)])[0] == "nat_lightning.NatSegmenter"
     torch.save({"hyper_parameters": {"label_smoothing": 0.1}}, bare)
     assert chosen_classes(["validate", "--ckpt_path", str(bare)]) == CLASSIFY
+    torch.save({"hyper_parameters": {"architecture": "mask2former", "heads": {}}}, bare)
+    chosen = chosen_classes(["validate", "--ckpt_path", str(bare)])[0]
+    assert chosen == "nat_lightning.NatUniversalSegmenter"
 
 
 def test_tasks_bring_their_data_and_metric():
     assert task_of("NatSegmenter").data_class == "nat_lightning.HFSegmentationDataModule"
     assert task_of("nat_lightning.tasks.classifier.NatClassifier").monitor == "val/acc1"
     assert task_of("lightning.pytorch.demos.boring_classes.BoringModel") is None
-    assert {NatClassifier, NatSegmenter} <= set(known_tasks())
+    assert task_of("NatUniversalSegmenter").data_class == "nat_lightning.HFPanopticDataModule"
+    assert {NatClassifier, NatSegmenter, NatUniversalSegmenter} <= set(known_tasks())
     for task in known_tasks():
         import_class(task.data_class), import_class(task.writer_class)
     with pytest.raises(ValueError, match="model class 'NoSuchTask' cannot be imported"):
@@ -102,7 +106,7 @@ def test_a_task_states_what_the_cli_and_export_need():
         type("Half", (NatTask,), {})()
 
 
-@pytest.mark.parametrize("task", [NatClassifier, NatSegmenter])
+@pytest.mark.parametrize("task", [NatClassifier, NatSegmenter, NatUniversalSegmenter])
 def test_a_task_declares_only_its_own_arguments_and_takes_the_shared_ones(task):
     """NatTask declares what every task takes; a task's own __init__ lists only its own arguments
     and those whose defaults differ, and passes the rest on (jsonargparse follows **kwargs)."""
@@ -110,9 +114,10 @@ def test_a_task_declares_only_its_own_arguments_and_takes_the_shared_ones(task):
 
     shared = [n for n in inspect.signature(NatTask.__init__).parameters if n != "self"]
     own = [n for n in inspect.signature(task.__init__).parameters if n not in ("self", "kwargs")]
-    differing = {NatClassifier: set(), NatSegmenter: {"lr", "weight_decay", "min_lr"}}[task]
+    differing = set() if task is NatClassifier else {"lr", "weight_decay", "min_lr"}
     assert set(own) & set(shared) == differing
-    assert len(shared) == 20 and len(own) <= {NatClassifier: 11, NatSegmenter: 19}[task]
+    bound = {NatClassifier: 11, NatSegmenter: 19, NatUniversalSegmenter: 14}[task]
+    assert len(shared) == 20 and len(own) <= bound
     hparams = task(lr=0.5).hparams  # an argument of the base, given to the task
     assert set(shared) | set(own) == set(hparams) and hparams.lr == 0.5
     assert init_arguments(task) == own + [n for n in shared if n not in own]

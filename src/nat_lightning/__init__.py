@@ -1,29 +1,33 @@
 """nat_lightning: train, fine-tune and evaluate Neighborhood Attention Transformers with Lightning."""
 
-from .data import HFImageDataModule, HFSegmentationDataModule
+from .data import HFImageDataModule, HFPanopticDataModule, HFSegmentationDataModule
 from .models import (
     NatBackbone,
     NatConfig,
     NatForImageClassification,
     NatForSemanticSegmentation,
+    NatForUniversalSegmentation,
     NatModel,
     UperNetConfig,
     get_variant,
     list_variants,
 )
 from .ops import na2d
-from .tasks import NatClassifier, NatSegmenter
+from .tasks import NatClassifier, NatSegmenter, NatUniversalSegmenter
 
 __all__ = [
     "HFImageDataModule",
+    "HFPanopticDataModule",
     "HFSegmentationDataModule",
     "NatBackbone",
     "NatClassifier",
     "NatConfig",
     "NatForImageClassification",
     "NatForSemanticSegmentation",
+    "NatForUniversalSegmentation",
     "NatModel",
     "NatSegmenter",
+    "NatUniversalSegmenter",
     "UperNetConfig",
     "get_variant",
     "list_variants",

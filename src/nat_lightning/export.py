@@ -120,6 +120,8 @@ def export(
     if format == "onnx":
         require_onnx()
     model, checkpoint = load_checkpoint(ckpt_path)
+    if format == "onnx" and model.onnx_unsupported:
+        raise ValueError(f"format='onnx': {model.onnx_unsupported}; export with format='hf'")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

@@ -71,3 +71,27 @@ def segmentation_preprocessor_config(model, checkpoint: dict) -> dict:
         "image_mean": list(recorded.get("mean") or data.get("mean") or IMAGENET_MEAN),
         "image_std": list(recorded.get("std") or data.get("std") or IMAGENET_STD),
     }
+
+
+def universal_preprocessor_config(model, checkpoint: dict) -> dict:
+    """transformers' preprocessor_config.json of a Mask2Former/OneFormer folder
+    (``Mask2FormerImageProcessor``/``OneFormerImageProcessor``) for HFPanopticDataModule's
+    evaluation transform: shorter side to ``eval_size``, padded to a multiple of 32, normalised;
+    255 unlabelled."""
+    config = segmentation_preprocessor_config(model, checkpoint)
+    kind = "OneFormer" if model.network.architecture == "oneformer" else "Mask2Former"
+    return {
+        "image_processor_type": f"{kind}ImageProcessor",
+        "do_resize": True,
+        "size": config["size"],
+        "size_divisor": 32,
+        "resample": config["resample"],
+        "do_rescale": True,
+        "rescale_factor": config["rescale_factor"],
+        "do_normalize": True,
+        "image_mean": config["image_mean"],
+        "image_std": config["image_std"],
+        "ignore_index": 255,
+        "do_reduce_labels": False,
+        "num_labels": model.num_classes,
+    }

@@ -1,5 +1,5 @@
-"""NAT/DiNAT networks, their config and variants, checkpoint loading, and UPerNet segmentation
-(see nat.py, config.py, upernet.py)."""
+"""NAT/DiNAT networks, their config and variants, checkpoint loading, UPerNet segmentation and
+Mask2Former/OneFormer universal segmentation (see nat.py, config.py, upernet.py, universal.py)."""
 
 from .config import VARIANTS, NatConfig, get_variant, list_variants
 from .nat import (
@@ -10,6 +10,7 @@ from .nat import (
     NatModel,
     NatModelOutput,
 )
+from .universal import NatForUniversalSegmentation
 from .upernet import NatForSemanticSegmentation, SemanticSegmenterOutput
 from .upernet_config import UperNetConfig
 
@@ -20,6 +21,7 @@ __all__ = [
     "NatConfig",
     "NatForImageClassification",
     "NatForSemanticSegmentation",
+    "NatForUniversalSegmentation",
     "NatImageClassifierOutput",
     "NatModel",
     "NatModelOutput",

@@ -1,4 +1,5 @@
 from .classifier import NatClassifier
 from .segmenter import NatSegmenter
+from .universal import NatUniversalSegmenter
 
-__all__ = ["NatClassifier", "NatSegmenter"]
+__all__ = ["NatClassifier", "NatSegmenter", "NatUniversalSegmenter"]

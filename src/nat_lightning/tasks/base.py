@@ -66,12 +66,15 @@ class NatTask(L.LightningModule, abc.ABC):
     # what validation_step returns for callbacks.pictures.ValidationPictures: "classes" (logits,
     # labels), "label_sets" (logits, 0/1 label rows), "masks" (masks, labels); None: nothing
     pictures: ClassVar[str | None] = None
+    # why ``export --format onnx`` cannot write this task's network; None: it can (logits out)
+    onnx_unsupported: ClassVar[str | None] = None
     _DECLARED = ("monitor", "checkpoint_filename", "data_class", "writer_class", "card")
 
     # the datamodule attributes recorded as ``preprocessing`` (all of them, or none)
     PREPROCESSING_KEYS: tuple[str, ...] = ("image_size", "crop_pct", "mean", "std")
     # the state_dict key of the classifier layer whose rows are the classes (checked on load)
     HEAD_WEIGHT = "network.head.weight"
+    HEAD_EXTRA_ROWS = 0  # its rows beyond the classes (a "no object" class)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -338,9 +341,9 @@ class NatTask(L.LightningModule, abc.ABC):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         head = checkpoint.get("state_dict", {}).get(self.HEAD_WEIGHT)
-        if head is not None and head.shape[0] != self.num_classes:
+        if head is not None and head.shape[0] != self.num_classes + self.HEAD_EXTRA_ROWS:
             raise ValueError(
-                f"the checkpoint's head has {head.shape[0]} classes but this model has "
+                f"the checkpoint's head has {head.shape[0] - self.HEAD_EXTRA_ROWS} classes but this model has "
                 f"num_classes={self.num_classes}; to evaluate it, leave num_classes/id2label unset "
                 "(they come from the checkpoint); to fine-tune it on other labels, export it "
                 "(nat-lightning export) and pass the folder as pretrained="

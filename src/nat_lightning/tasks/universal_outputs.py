@@ -266,6 +266,20 @@ def _paint(masks: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor) -> 
     return {"segmentation": seg, "segments_info": info, "masks": masks}
 
 
+def things_only(result: Segments, stuff_ids: Collection[int]) -> Segments:
+    """An ``instance_segmentation`` result without its stuff classes' instances (a model trained
+    on panoptic data also finds "instances" of stuff; COCO's instance results hold things),
+    renumbered and repainted."""
+    info = result["segments_info"]
+    keep = [i for i, s in enumerate(info) if s["label_id"] not in set(stuff_ids)]
+    if len(keep) == len(info):
+        return result
+    masks = result["masks"][keep]
+    scores = torch.tensor([info[i]["score"] for i in keep], dtype=torch.double)
+    classes = torch.tensor([info[i]["label_id"] for i in keep], dtype=torch.long)
+    return _paint(masks, scores, classes)
+
+
 def oneformer_instance_segmentation(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
