@@ -179,7 +179,7 @@ def test_a_two_process_fit_evaluates_an_uneven_split_as_one_process_does(tmp_pat
     last epoch are those of one process validating its last checkpoint."""
     data = subset(tmp_path / "data", train=16, val=13)
     common = ["--config", "configs/universal_quickstart.yaml", "--data.dataset", str(data),
-              "--data.batch_size", "4"]  # fmt: skip
+              "--data.batch_size", "4", "--data.thing_classes", "[circle,square,triangle]"]  # fmt: skip
     cli("fit", *common, *DDP, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
         "--trainer.default_root_dir", str(tmp_path / "ddp"), timeout=TIMEOUT_S)  # fmt: skip
     run = tmp_path / "ddp" / "version_0"

@@ -23,6 +23,7 @@ from .files import read_lightning_checkpoint
 from .tasks.base import NatTask
 
 DEFAULT_TASK = "nat_lightning.NatClassifier"
+LAZY_TASK_MODULES = ("nat_lightning.tasks.universal",)  # not imported by ``import nat_lightning``
 
 
 def import_class(path: str) -> type:
@@ -46,7 +47,10 @@ def task_of(path: str) -> type[NatTask] | None:
 
 
 def known_tasks() -> list[type[NatTask]]:
-    """The concrete NatTask classes imported so far (nat_lightning's own and any user's)."""
+    """The concrete NatTask classes: nat_lightning's own (those imported lazily included) and
+    any user's imported so far."""
+    for module in LAZY_TASK_MODULES:
+        importlib.import_module(module)
     found, todo = [], list(NatTask.__subclasses__())
     while todo:
         cls = todo.pop(0)

@@ -1,6 +1,8 @@
 """NAT/DiNAT networks, their config and variants, checkpoint loading, UPerNet segmentation and
 Mask2Former/OneFormer universal segmentation (see nat.py, config.py, upernet.py, universal.py)."""
 
+import importlib
+
 from .config import VARIANTS, NatConfig, get_variant, list_variants
 from .nat import (
     BackboneOutput,
@@ -10,7 +12,6 @@ from .nat import (
     NatModel,
     NatModelOutput,
 )
-from .universal import NatForUniversalSegmentation
 from .upernet import NatForSemanticSegmentation, SemanticSegmenterOutput
 from .upernet_config import UperNetConfig
 
@@ -30,3 +31,14 @@ __all__ = [
     "get_variant",
     "list_variants",
 ]
+
+_LAZY = {"NatForUniversalSegmentation": (".universal", "NatForUniversalSegmentation")}
+
+
+def __getattr__(name: str):
+    """Mask2Former/OneFormer (transformers' heads) are imported on first use, off the
+    classifier's and UPerNet's import path."""
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

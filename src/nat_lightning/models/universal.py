@@ -132,6 +132,7 @@ class NatForUniversalSegmentation(nn.Module):
         class_labels: list[torch.Tensor] | None = None,
         task_inputs: torch.Tensor | None = None,
         text_inputs: torch.Tensor | None = None,
+        output_auxiliary_logits: bool | None = None,
     ):
         """transformers' output (``Mask2FormerForUniversalSegmentationOutput`` or
         ``OneFormerForUniversalSegmentationOutput``): ``class_queries_logits``,
@@ -145,6 +146,8 @@ class NatForUniversalSegmentation(nn.Module):
             task_inputs: OneFormer only, and required there: (B, task_seq_len) token ids of the
                 task prompt ("the task is semantic", ...; OneFormerProcessor makes them).
             text_inputs: OneFormer with ``is_training`` only: token ids for the contrastive loss.
+            output_auxiliary_logits: also return each decoder layer's predictions
+                (``auxiliary_logits``; OneFormer's ``auxiliary_predictions``); None: the config's.
         """
         if (mask_labels is None) != (class_labels is None):
             raise ValueError(
@@ -152,7 +155,8 @@ class NatForUniversalSegmentation(nn.Module):
                 f"mask_labels={'None' if mask_labels is None else 'given'} and "
                 f"class_labels={'None' if class_labels is None else 'given'}"
             )
-        labels = {"mask_labels": mask_labels, "class_labels": class_labels}
+        labels = {"mask_labels": mask_labels, "class_labels": class_labels,
+                  "output_auxiliary_logits": output_auxiliary_logits}  # fmt: skip
         if self.architecture == "mask2former":
             if task_inputs is not None or text_inputs is not None:
                 raise ValueError("task_inputs and text_inputs are OneFormer's; this is Mask2Former")
@@ -166,6 +170,29 @@ class NatForUniversalSegmentation(nn.Module):
         if out.loss is not None:
             out.loss = out.loss.reshape(())  # transformers' OneFormer sums to shape (1,)
         return out
+
+    def image_losses(
+        self, out, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor], seed: int = 0
+    ) -> torch.Tensor:
+        """(B,): each image's loss alone, from an output with auxiliary logits; its sampled
+        points drawn from ``seed`` (transformers' matcher and losses sample random points), so
+        that an image's loss does not depend on its batch or on the RNG's state."""
+        aux = getattr(out, "auxiliary_logits", None) or getattr(out, "auxiliary_predictions", None)
+        losses = []
+        for i, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
+            one = {"masks_queries_logits": out.masks_queries_logits[i : i + 1],
+                   "class_queries_logits": out.class_queries_logits[i : i + 1],
+                   "mask_labels": [masks], "class_labels": [classes],
+                   "auxiliary_predictions": [{k: v[i : i + 1] for k, v in a.items()}
+                                             for a in aux or []]}  # fmt: skip
+            if self.architecture == "oneformer":
+                one |= {"contrastive_queries_logits": None, "text_queries": None,
+                        "calculate_contrastive_loss": False}  # fmt: skip
+            devices = [out.class_queries_logits.device] if out.class_queries_logits.is_cuda else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                losses.append(self.heads.get_loss(self.heads.get_loss_dict(**one)).reshape(()))
+        return torch.stack(losses) if losses else out.class_queries_logits.new_zeros(0)
 
     # -- construction and checkpoints ---------------------------------------------------------
 

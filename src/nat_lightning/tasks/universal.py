@@ -269,20 +269,22 @@ class NatUniversalSegmenter(NatTask):
 
     def _evaluate(self, stage: str, batch) -> dict:
         """Logs the loss on every rank and batch (a batch without images included, weighted 0),
-        so that every rank gathers the same at the epoch's end."""
+        so that every rank gathers the same at the epoch's end. ``{stage}/loss`` is the mean of
+        the images' own losses, the same however the images are batched or split over ranks."""
         images, labels = batch["pixel_values"], batch["labels"]
         if len(images):
-            out = self(images, "panoptic", **self._labels(batch))
+            out = self(images, "panoptic", output_auxiliary_logits=True)
             class_logits, mask_logits = out.class_queries_logits, out.masks_queries_logits
             getattr(self, f"{stage}_metrics").update(
                 class_logits, mask_logits, labels, batch["panoptic_map"], self._instances(batch)
             )
-            loss, weight = out.loss.detach(), len(images)
+            losses = self.network.image_losses(out, **self._labels(batch))
             size = [tuple(labels.shape[-2:])] * len(images)
             masks = torch.stack(semantic_segmentation(class_logits, mask_logits, size))
         else:
-            loss, weight, masks = torch.zeros((), device=images.device), 0, labels
-        self.losses[stage].update(loss, weight=weight)
+            losses, masks = torch.zeros(0, device=images.device), labels
+        # the mean over every rank's images of each image's loss (seeded: see image_losses)
+        self.losses[stage].update(losses.sum() / max(len(losses), 1), weight=len(losses))
         self.log(
             f"{stage}/loss", self.losses[stage], prog_bar=stage == "val", batch_size=len(images)
         )
