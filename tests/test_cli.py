@@ -67,6 +67,31 @@ def test_seven_segmentation_configs():
     }
 
 
+UNIVERSAL = [c for c in CONFIGS if "NatUniversalSegmenter" in c.read_text()]
+
+
+@pytest.mark.parametrize("config", UNIVERSAL, ids=lambda p: p.name)
+def test_universal_configs_choose_the_task_its_data_metric_and_writer(config, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "nat_lightning.NatUniversalSegmenter"
+    assert printed["data"]["class_path"] == "nat_lightning.HFPanopticDataModule"
+    assert printed["checkpoint"]["monitor"] == "val/pq"  # (val/miou once semantic data is read)
+    assert printed["prediction"]["output_dir"] == "panoptic"  # PanopticWriter's
+
+
+def test_six_universal_configs():
+    assert {c.name for c in UNIVERSAL} == {
+        "universal_quickstart.yaml",
+        "coco_panoptic_mask2former_dinat_large.yaml",
+        "ade20k_panoptic_mask2former_dinat_large.yaml",
+        "ade20k_semantic_mask2former_dinat_large.yaml",
+        "cityscapes_semantic_mask2former_dinat_large.yaml",
+        "ade20k_oneformer_dinat_large.yaml",
+    }
+
+
 def test_a_misspelt_key_is_named(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", "configs/quickstart.yaml", "--model.learning_rate", "0.1"])

@@ -163,6 +163,21 @@ def test_semantic_maps_give_one_mask_per_class_present():
     assert as_set(batch["mask_labels"][0], batch["class_labels"][0]) == expected
 
 
+def test_reduce_labels_ignores_ade20k_other_and_shifts_the_classes():
+    classes = np.zeros((SIDE, SIDE), dtype=np.uint8)  # 0: "other"
+    for c, _, mask in visible():
+        classes[mask] = c + 1
+    features = Features({"image": Image(), "annotation": Image()})
+    rows = Dataset.from_dict({"image": [image()], "annotation": [png(classes)]}, features=features)
+    dm = HFPanopticDataModule(rows, unnamed_classes=4, reduce_labels=True, **PLAIN)
+    batch = first_batch(dm)
+    expected = {(c, (classes == c + 1).tobytes()) for c in range(4)}
+    assert as_set(batch["mask_labels"][0], batch["class_labels"][0]) == expected
+    assert ((batch["labels"][0] == IGNORE_PIXEL) == torch.from_numpy(classes == 0)).all()
+    with pytest.raises(ValueError, match=r"reduce_labels=True with annotation_kind 'panoptic'"):
+        _ = HFPanopticDataModule(panoptic_rows([panoptic_example()]), reduce_labels=True).columns
+
+
 def test_the_kind_can_be_forced_and_things_named():
     rows = instance_rows(segment_index(), [c for c, _, _ in SEGMENTS])
     dm = HFPanopticDataModule(

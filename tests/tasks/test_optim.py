@@ -13,6 +13,7 @@ from nat_lightning.tasks.optim import (
     schedule_length,
     warmup_cosine,
     warmup_poly,
+    warmup_steps_decay,
 )
 
 # layer scale on, so that gamma1/gamma2 exist
@@ -223,6 +224,20 @@ def test_warmup_then_poly_values():
     # 4 of the 10 decay steps done: 0.05 + 0.95 * (1 - 0.4) ** 2
     assert lrs[7] == pytest.approx(0.05 + 0.95 * 0.36)
     assert lrs[13] == pytest.approx(0.05) and lrs[15] == pytest.approx(0.05)  # stays at the end
+
+
+def test_warmup_then_step_decay_values():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "lr_scale": 0.5}], lr=2.0)
+    sched = warmup_steps_decay(opt, warmup_steps=2, total_steps=12, milestones=[0.5, 0.8])
+    lrs = []
+    for _ in range(13):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # the 10 steps after warmup: x1 before 5 of them, x0.1 from 5, x0.01 from 8
+    expected = [1 / 3, 2 / 3] + [1.0] * 5 + [0.1] * 3 + [0.01] * 3
+    assert lrs == pytest.approx(expected)
 
 
 def test_lr_multipliers_by_name_prefix_stack_with_layer_decay():

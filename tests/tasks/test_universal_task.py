@@ -181,3 +181,15 @@ def test_arguments_that_cannot_work_are_refused_by_name():
         NatUniversalSegmenter(model=TINY, heads=HEADS, threshold=1.5)
     with pytest.raises(ValueError, match=r"unknown mask2former head fields \['queries'\]"):
         NatUniversalSegmenter(model=TINY, heads={"queries": 4})
+
+
+def test_semantic_data_keeps_checkpoints_by_miou_and_lr_steps_are_checked():
+    from types import SimpleNamespace
+
+    model = NatUniversalSegmenter(model=TINY, heads=HEADS)
+    semantic = SimpleNamespace(columns=SimpleNamespace(kind="semantic"))
+    panoptic = HFPanopticDataModule.embedded()
+    assert model.monitored(semantic) == ("val/miou", "epoch{epoch:03d}-miou{val/miou:.4f}")
+    assert model.monitored(panoptic) == ("val/pq", "epoch{epoch:03d}-pq{val/pq:.4f}")
+    with pytest.raises(ValueError, match=r"lr_steps=\[0.5, 1.5\]: expected fractions"):
+        NatUniversalSegmenter(model=TINY, heads=HEADS, lr_steps=[0.5, 1.5])

@@ -34,7 +34,7 @@ import torch
 from ..batch import IGNORE_PIXEL, VOID_SEGMENT
 from .images import Undecodable, bookkeeping, decode_image, decoded, padding_pixels, stored_path
 from .joint_transforms import finish, photometric_distortion
-from .masks import read_mask
+from .masks import read_mask, reduce_labels
 from .transforms import reseed
 
 KINDS = ("panoptic", "instance", "semantic")
@@ -131,10 +131,11 @@ def semantic_segments(ids: np.ndarray, num_classes: int) -> Segments:
 
 
 def read_segments(
-    kind: str, value: Any, listed: Any, num_classes: int, where: str
+    kind: str, value: Any, listed: Any, num_classes: int, where: str, reduce: bool = False
 ) -> Segments | None:
     """The stored annotation ``value`` (bytes or a path) of ``kind``, with ``listed`` (its
-    segments_info or instance classes); None when it cannot be decoded."""
+    segments_info or instance classes); None when it cannot be decoded. ``reduce``: a semantic
+    map's ids through ``masks.reduce_labels`` first."""
     if kind == "panoptic":
         rgb = decoded(value, lambda image: np.asarray(image.convert("RGB")))
         if rgb is None:
@@ -145,7 +146,7 @@ def read_segments(
         return None
     if kind == "instance":
         return instance_segments(ids[0], listed or [], num_classes)
-    return semantic_segments(ids[0], num_classes)
+    return semantic_segments(reduce_labels(ids[0]) if reduce else ids[0], num_classes)
 
 
 def targets(index: np.ndarray, segments: Segments) -> dict[str, torch.Tensor]:
@@ -196,6 +197,7 @@ class PanopticColumns:
     segments: str | None  # segments_info (panoptic) or instance classes (instance); else None
     kind: str  # one of KINDS
     names: tuple[str, ...]  # class names by id
+    reduce_labels: bool = False  # semantic maps: ADE20K's 0 = "other" (ignored), the rest - 1
 
 
 # -- joint pipelines: the index map moves with the image, nearest neighbours, padded void ------
@@ -309,7 +311,9 @@ class PanopticDecoder:
             return no_segments(shape)
         listed = row.get(columns.segments) if columns.segments else None
         where = self.name(row, index)
-        segments = read_segments(columns.kind, value, listed, len(columns.names), where)
+        segments = read_segments(
+            columns.kind, value, listed, len(columns.names), where, columns.reduce_labels
+        )
         if segments is not None and segments.index.shape != shape:
             h, w = segments.index.shape
             raise AnnotationError(

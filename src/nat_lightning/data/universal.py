@@ -160,6 +160,7 @@ class HFPanopticDataModule(HFDataModule):
         thing_classes: Sequence[str | int] | None = None,
         labels_file: str | None = None,
         unnamed_classes: int | None = None,
+        reduce_labels: bool = False,
         crop_size: int = 512,
         scale_range: tuple[float, float] = (0.1, 2.0),
         photometric_distortion: bool = False,
@@ -188,6 +189,8 @@ class HFPanopticDataModule(HFDataModule):
             labels_file: a JSON of id -> name or a list of names, where the dataset declares
                 no ClassLabel.
             unnamed_classes: classes when nothing names them (called class_i).
+            reduce_labels: semantic maps with ADE20K's convention: id 0 ("other") becomes
+                ignored, every other id drops by one (classes count after it).
             crop_size: side of the square training crops.
             scale_range: (low, high) of the training scale: the longer side becomes crop_size
                 times a ratio drawn from it (Mask2Former's large-scale jitter is (0.1, 2.0)).
@@ -225,7 +228,12 @@ class HFPanopticDataModule(HFDataModule):
         found = nested_names(features[segments]) if segments else None
         if found is None or hp.labels_file is not None:
             found = class_names(features, hp.labels_file, hp.unnamed_classes, self.dataset)
-        return PanopticColumns(image, annotation, segments, kind, found)
+        if hp.reduce_labels and kind != "semantic":
+            raise ValueError(
+                f"reduce_labels=True with annotation_kind {kind!r}: it applies to semantic maps "
+                "(ADE20K's 0 = other); panoptic and instance annotations list their classes"
+            )
+        return PanopticColumns(image, annotation, segments, kind, found, hp.reduce_labels)
 
     @cached_property
     def thing_ids(self) -> tuple[int, ...]:

@@ -116,6 +116,18 @@ def warmup_poly(
     return warmup_then(optimizer, warmup_steps, total_steps, poly)
 
 
+def warmup_steps_decay(
+    optimizer, warmup_steps: int, total_steps: int, milestones, gamma: float = 0.1
+):
+    """Linear warmup from 0, then the LR times ``gamma`` at each milestone passed (fractions
+    of training, detectron2's WarmupMultiStepLR as Mask2Former's COCO recipes use it)."""
+
+    def steps(progress: float) -> float:
+        return gamma ** sum(progress >= m for m in milestones)
+
+    return warmup_then(optimizer, warmup_steps, total_steps, steps)
+
+
 def warmup_then(optimizer, warmup_steps: int, total_steps: int, decay):
     """A LambdaLR: linear warmup from 0 over ``warmup_steps``, then ``decay(progress)`` with
     progress going from 0 to 1 over the remaining steps (and staying at 1 past them).

@@ -28,7 +28,7 @@ from ..models import NatConfig
 from ..models.universal import NatForUniversalSegmentation
 from ..processor_config import universal_preprocessor_config
 from .base import ModelCard, NatTask
-from .optim import param_groups, warmup_poly
+from .optim import param_groups, warmup_poly, warmup_steps_decay
 from .seg_metrics import IGNORE_INDEX
 from .universal_metrics import UniversalMetrics
 from .universal_network import build_universal_network, head_settings, with_classes
@@ -94,6 +94,7 @@ class NatUniversalSegmenter(NatTask):
         backbone_lr_mult: float = 0.1,
         min_lr: float = 0.0,
         poly_power: float = 0.9,
+        lr_steps: list[float] | None = None,
         **kwargs,
     ):
         """Mask2Former/OneFormer universal segmentation; the arguments every task takes are
@@ -127,6 +128,8 @@ class NatUniversalSegmenter(NatTask):
             backbone_lr_mult: the backbone's LR relative to the heads' (the recipes' 0.1).
             min_lr: learning rate at the end of the poly schedule.
             poly_power: power of the poly decay (the recipes' 0.9).
+            lr_steps: instead of poly, the fractions of training at which the LR drops to a
+                tenth (Mask2Former's COCO recipe: 655556 and 710184 of 737500 iterations).
             kwargs: the arguments every task takes (model: the backbone; pretrained,
                 num_classes, id2label, preprocessing: ``mean`` and ``std``, attention_backend,
                 drop_path_rate, betas, layer_decay, warmup_epochs, warmup_steps,
@@ -140,6 +143,8 @@ class NatUniversalSegmenter(NatTask):
                 "transformers' own; weigh them with heads: {class_weight: ..., no_object_weight: "
                 "...} instead"
             )
+        if lr_steps is not None and not all(0 < f < 1 for f in lr_steps):
+            raise ValueError(f"lr_steps={lr_steps}: expected fractions of training in (0, 1)")
         if not 0 <= threshold < 1:
             raise ValueError(f"threshold={threshold}: expected a probability in [0, 1)")
         super().__init__(lr=lr, weight_decay=weight_decay, min_lr=min_lr, **kwargs)
@@ -227,6 +232,14 @@ class NatUniversalSegmenter(NatTask):
             return
         self._set_stuff(tuple(data.stuff_ids))
         self.hparams.stuff_ids = list(self.stuff_ids)
+
+    def monitored(self, data) -> tuple[str, str]:
+        """``val/miou`` for semantic annotations (every class is stuff: PQ adds nothing to the
+        recipes' metric there), else the class's ``val/pq``."""
+        columns = getattr(data, "columns", None)
+        if getattr(columns, "kind", None) == "semantic":
+            return "val/miou", "epoch{epoch:03d}-miou{val/miou:.4f}"
+        return type(self).monitor, type(self).checkpoint_filename
 
     def _adopt_classes(self, id2label: dict[int, str]) -> None:
         self._use_network(with_classes(self.network, id2label))
@@ -355,6 +368,8 @@ class NatUniversalSegmenter(NatTask):
 
     def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
         hp = self.hparams
+        if hp.lr_steps is not None:
+            return warmup_steps_decay(optimizer, warmup_steps, total_steps, hp.lr_steps)
         return warmup_poly(optimizer, warmup_steps, total_steps, hp.min_lr / hp.lr, hp.poly_power)
 
 
