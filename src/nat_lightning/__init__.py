@@ -1,8 +1,7 @@
 """nat_lightning: train, fine-tune and evaluate Neighborhood Attention Transformers with Lightning."""
 
-import importlib
-
 from .data import HFImageDataModule, HFPanopticDataModule, HFSegmentationDataModule
+from .lazy import lazy_attributes
 from .models import (
     NatBackbone,
     NatConfig,
@@ -39,12 +38,4 @@ _LAZY = {
     "NatForUniversalSegmentation": (".models.universal", "NatForUniversalSegmentation"),
     "NatUniversalSegmenter": (".tasks.universal", "NatUniversalSegmenter"),
 }
-
-
-def __getattr__(name: str):
-    """Mask2Former/OneFormer (transformers' heads) are imported on first use, off the
-    classifier's and UPerNet's import path."""
-    if name in _LAZY:
-        module, attribute = _LAZY[name]
-        return getattr(importlib.import_module(module, __name__), attribute)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

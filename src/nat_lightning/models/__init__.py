@@ -1,8 +1,7 @@
 """NAT/DiNAT networks, their config and variants, checkpoint loading, UPerNet segmentation and
 Mask2Former/OneFormer universal segmentation (see nat.py, config.py, upernet.py, universal.py)."""
 
-import importlib
-
+from ..lazy import lazy_attributes
 from .config import VARIANTS, NatConfig, get_variant, list_variants
 from .nat import (
     BackboneOutput,
@@ -33,12 +32,4 @@ __all__ = [
 ]
 
 _LAZY = {"NatForUniversalSegmentation": (".universal", "NatForUniversalSegmentation")}
-
-
-def __getattr__(name: str):
-    """Mask2Former/OneFormer (transformers' heads) are imported on first use, off the
-    classifier's and UPerNet's import path."""
-    if name in _LAZY:
-        module, attribute = _LAZY[name]
-        return getattr(importlib.import_module(module, __name__), attribute)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

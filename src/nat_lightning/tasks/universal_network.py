@@ -9,7 +9,6 @@ NAT/DiNAT backbone, from a backbone variant or config, and optionally pretrained
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -20,7 +19,7 @@ from ..models.hub import resolve_pretrained
 from ..models.universal import _CLASSIFIERS, NatForUniversalSegmentation
 from ..models.universal_config import head_config, head_fields, with_labels
 from .network import check_variant, resolve_config
-from .seg_network import DEFAULT_BACKBONE
+from .seg_network import DEFAULT_BACKBONE, _labels, _model_type
 
 log = logging.getLogger(__name__)
 
@@ -234,19 +233,3 @@ def _check_saved_fields(source, saved: dict, heads: dict) -> None:
 
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
-
-
-def _labels(num_classes, id2label) -> tuple[int | None, dict[int, str] | None]:
-    if id2label is not None:
-        id2label = {int(k): str(v) for k, v in id2label.items()}
-        if num_classes is not None and num_classes != len(id2label):
-            raise ValueError(f"id2label has {len(id2label)} entries but num_classes={num_classes}")
-        num_classes = len(id2label)
-    return num_classes, id2label
-
-
-def _model_type(folder) -> str | None:
-    config = folder / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json (expected a transformers folder)")
-    return json.loads(config.read_text()).get("model_type")
