@@ -1,5 +1,6 @@
-"""UPerNet on NAT/DiNAT against transformers 4.40.2 (fixtures and, where built, the library itself),
-checkpoint round trips, backbones from classifiers, errors, gradients."""
+"""UPerNet on NAT/DiNAT against transformers 4.40.2 (fixtures and, where built, the library itself)
+and transformers 5's UperNetForSemanticSegmentation, checkpoint round trips, backbones from
+classifiers, errors, gradients."""
 
 import json
 import logging
@@ -88,6 +89,68 @@ def test_fixture_parity_with_transformers(name, dtype):
     assert relative_error(out.loss.float().reshape(1), expected["loss"]) < REL
     for i, feature_map in enumerate(maps):
         assert relative_error(feature_map.float(), expected[f"feature_maps.{i}"]) < REL, i
+
+
+class _Slot(torch.nn.Module):
+    """transformers' ``UperNetForSemanticSegmentation.backbone``: calls our NatBackbone."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self._backbone, self.channels = (backbone,), backbone.channels
+
+    def forward_with_filtered_kwargs(self, pixel_values, **_):
+        return self._backbone[0](pixel_values)
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transformers_5_upernet_on_our_backbone_computes_our_logits_and_loss(name, dtype):
+    """Our heads are transformers' classes; the forward around them is ours: the same numbers as
+    transformers 5's own UperNetForSemanticSegmentation with our backbone slotted in."""
+    from transformers import UperNetConfig as TransformersConfig
+    from transformers import UperNetForSemanticSegmentation
+    from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
+
+    from nat_lightning.models.universal_config import standin_backbone
+
+    ours = NatForSemanticSegmentation.from_pretrained(FIXTURES / name, attention_backend="torch")
+    assert type(ours.decode_head) is UperNetHead and type(ours.auxiliary_head) is UperNetFCNHead
+    config = ours.config.to_dict()
+    config["backbone_config"] = standin_backbone(ours.config.backbone_channels)
+    theirs = UperNetForSemanticSegmentation(TransformersConfig.from_dict(config))
+    heads = {k: v for k, v in ours.state_dict().items() if not k.startswith("backbone.")}
+    assert heads.keys() == {k for k in theirs.state_dict() if not k.startswith("backbone.")}
+    theirs.load_state_dict(heads, strict=False)
+    theirs.backbone = _Slot(ours.backbone)
+    expected = load_file(str(FIXTURES / name / "expected.safetensors"))
+    pixel_values, labels = expected["pixel_values"].to(dtype), expected["labels"]
+    with torch.no_grad():
+        got = ours.to(dtype).eval()(pixel_values, labels)
+        want = theirs.to(dtype).eval()(pixel_values=pixel_values, labels=labels)
+    assert torch.equal(got.logits, want.logits) and torch.equal(got.loss, want.loss)
+
+
+def test_modules_swapped_in_by_name_run():
+    """export.fix_adaptive_pools swaps each pool by name and SyncBatchNorm each BatchNorm: the
+    forward must run the new modules (transformers' pyramid pooling also keeps lists)."""
+    model = randomized(NatForSemanticSegmentation(tiny_config()))
+    x = torch.randn(1, 3, 64, 64)
+    expected = segment(model, x).logits
+    pools = [n for n, m in model.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    assert pools == [f"decode_head.psp_modules.{i}.0" for i in range(4)]
+    for name in pools:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, torch.nn.Sequential(model.get_submodule(name)))
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    new = [
+        m for m in model.modules() if isinstance(m, (torch.nn.Sequential, torch.nn.SyncBatchNorm))
+    ]
+    ran = set()
+    for module in new:
+        module.register_forward_hook(lambda m, i, o: ran.add(id(m)))
+    model.eval()(x, torch.zeros(1, 64, 64, dtype=torch.long))  # labels: the auxiliary head runs
+    assert ran == {id(m) for m in new}
+    torch.testing.assert_close(segment(model, x).logits, expected, rtol=0, atol=0)
 
 
 def test_loss_is_mean_cross_entropy_over_labelled_pixels_and_zero_without_any():

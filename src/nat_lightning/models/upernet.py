@@ -1,9 +1,13 @@
-"""UPerNet on a NAT/DiNAT backbone, top to bottom: output, conv block, the two heads, the model.
+"""UPerNet on a NAT/DiNAT backbone: transformers' heads, our backbone, our loss.
 
-The numerics and the parameter names follow transformers 4.40's ``UperNetForSemanticSegmentation``
-(itself mmsegmentation's UPerHead and FCNHead), so its folders load here and ours load there;
-only the backbone's names differ (ours are SHI-Labs', mapped in checkpoints.py). Parameters are
-``backbone.*`` (a :class:`NatBackbone`), ``decode_head.*`` and ``auxiliary_head.*``.
+The heads are transformers' own ``UperNetHead`` (the decode head: pyramid pooling, FPN, fusion)
+and ``UperNetFCNHead`` (the auxiliary head), built from our :class:`UperNetConfig`, which has
+transformers' field names; so the parameter names are transformers' too, and transformers'
+UperNet folders load here and ours load there. Only the backbone's names differ (ours are
+SHI-Labs', mapped in checkpoints.py). Parameters are ``backbone.*`` (a :class:`NatBackbone`),
+``decode_head.*`` and ``auxiliary_head.*``. The forward and the loss are ours: transformers' run
+the auxiliary head at inference too, and its loss takes no class weights and is NaN on an image
+without labelled pixels.
 
 Shapes for a ``(B, 3, H, W)`` input with four backbone stages: feature maps ``(B, C_i, H/2^(i+2),
 W/2^(i+2))``; the decode head works at ``H/4 x W/4`` with ``hidden_size`` channels; the logits are
@@ -21,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
 
 from ..files import read_state_dict, write_atomically
 from .checkpoints import from_transformers, to_canonical, to_transformers
@@ -41,91 +46,24 @@ class SemanticSegmenterOutput(_Output):
     auxiliary_logits: torch.Tensor | None = None  # (B, num_labels, H, W); with labels or training
 
 
-# -- heads ----------------------------------------------------------------------------------------
-
-
-class ConvModule(nn.Module):
-    """Convolution (no bias: the BatchNorm has one), BatchNorm, ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
-        self.batch_norm = nn.BatchNorm2d(out_channels)
-        self.activation = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.batch_norm(self.conv(x)))
-
-
 def _resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class UperNetHead(nn.Module):
-    """UPerNet's decode head (arXiv 1807.10221): a pyramid pooling module on the last feature map,
-    a top-down FPN over all of them, their fusion at the finest scale, and a 1x1 classifier."""
-
-    def __init__(self, config: UperNetConfig, in_channels: list[int]):
-        super().__init__()
-        hidden = config.hidden_size
-        # pyramid pooling: average to s x s, then 1x1 conv-BN-ReLU (the pool is item 0)
-        self.psp_modules = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvModule(in_channels[-1], hidden, 1))
-            for scale in config.pool_scales
-        )
-        self.bottleneck = ConvModule(
-            in_channels[-1] + len(config.pool_scales) * hidden, hidden, 3, padding=1
-        )
-        self.lateral_convs = nn.ModuleList(ConvModule(c, hidden, 1) for c in in_channels[:-1])
-        self.fpn_convs = nn.ModuleList(
-            ConvModule(hidden, hidden, 3, padding=1) for _ in in_channels[:-1]
-        )
-        self.fpn_bottleneck = ConvModule(len(in_channels) * hidden, hidden, 3, padding=1)
-        self.classifier = nn.Conv2d(hidden, config.num_labels, 1)
-
-    def pyramid_pooling(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, hidden, h, w): x and its pooled versions, upsampled, fused."""
-        pooled = [_resize(block(x), x.shape[2:]) for block in self.psp_modules]
-        return self.bottleneck(torch.cat([x, *pooled], dim=1))
-
-    def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Feature maps (B, C_i, h_i, w_i), finest first -> logits (B, num_labels, h_0, w_0)."""
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)]
-        laterals.append(self.pyramid_pooling(features[-1]))  # each (B, hidden, h_i, w_i)
-        for i in range(len(laterals) - 1, 0, -1):  # top-down: add the coarser map, upsampled
-            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[2:])
-        outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
-        outs.append(laterals[-1])
-        size = outs[0].shape[2:]
-        outs = [outs[0]] + [_resize(out, size) for out in outs[1:]]
-        return self.classifier(self.fpn_bottleneck(torch.cat(outs, dim=1)))
+def _register_pyramid_pooling(head: UperNetHead) -> UperNetHead:
+    """transformers' pyramid pooling keeps its blocks, and each block its (pool, conv) layers, in
+    plain lists beside the registered modules, and runs the lists. A module swapped in by name
+    (export.fix_adaptive_pools replaces each pool) would be registered but never run. Each block
+    becomes the nn.Sequential of its layers: the same names, the same forward, run from the
+    registered modules."""
+    pooling = head.psp_modules
+    for i, block in enumerate(pooling.blocks):
+        pooling.blocks[i] = nn.Sequential(*block.layers)
+        pooling.add_module(str(i), pooling.blocks[i])
+    return head
 
 
-class FCNHead(nn.Module):
-    """The auxiliary head (arXiv 1411.4038): 3x3 conv-BN-ReLU blocks on one feature map, then a
-    1x1 classifier; ``conv_cat`` fuses the input back in when ``auxiliary_concat_input``."""
-
-    def __init__(self, config: UperNetConfig, in_channels: int):
-        super().__init__()
-        channels = config.auxiliary_channels
-        self.convs = nn.Sequential(
-            *(
-                ConvModule(in_channels if i == 0 else channels, channels, 3, padding=1)
-                for i in range(config.auxiliary_num_convs)
-            )
-        )
-        self.conv_cat = (
-            ConvModule(in_channels + channels, channels, 3, padding=1)
-            if config.auxiliary_concat_input
-            else None
-        )
-        self.classifier = nn.Conv2d(channels, config.num_labels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.convs(x)
-        if self.conv_cat is not None:
-            out = self.conv_cat(torch.cat([x, out], dim=1))
-        return self.classifier(out)
+# -- loss -----------------------------------------------------------------------------------------
 
 
 def segmentation_loss(
@@ -164,10 +102,14 @@ class NatForSemanticSegmentation(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = NatBackbone(config.backbone)  # initialised by NatBackbone itself
+        # transformers' heads read hidden_size, pool_scales, num_labels and auxiliary_* from the
+        # config: UperNetConfig has them under transformers' names
         channels = config.backbone_channels
-        self.decode_head = UperNetHead(config, channels)
+        self.decode_head = _register_pyramid_pooling(UperNetHead(config, channels))
         self.auxiliary_head = (
-            FCNHead(config, channels[AUXILIARY_INPUT]) if config.use_auxiliary_head else None
+            UperNetFCNHead(config, channels, in_index=AUXILIARY_INPUT)
+            if config.use_auxiliary_head
+            else None
         )
         self.init_head_weights()
 
@@ -224,7 +166,7 @@ class NatForSemanticSegmentation(nn.Module):
         logits = _resize(self.decode_head(features), size)  # (B, num_labels, H, W)
         auxiliary = None
         if self.auxiliary_head is not None and (labels is not None or self.training):
-            auxiliary = _resize(self.auxiliary_head(features[AUXILIARY_INPUT]), size)
+            auxiliary = _resize(self.auxiliary_head(features), size)  # reads features[2]
         loss = None
         if labels is not None:
             ignore = self.config.loss_ignore_index

@@ -3,7 +3,8 @@
 
 Field names and defaults are those of transformers' UperNetConfig, except that the backbone is
 always a :class:`NatConfig` (written as ``backbone_config``) and ``auxiliary_in_channels`` is
-derived from it rather than set.
+derived from it rather than set. transformers' ``UperNetHead`` and ``UperNetFCNHead`` read their
+settings from this config by those names (see upernet.py).
 """
 
 from __future__ import annotations
