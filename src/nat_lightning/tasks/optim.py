@@ -61,6 +61,15 @@ def param_groups(
     return list(groups.values())
 
 
+def backbone_param_groups(
+    network: nn.Module, weight_decay: float, layer_decay: float | None, backbone_lr_mult: float
+):
+    """``param_groups`` of a dense network whose ``backbone.*`` parameters train at
+    ``backbone_lr_mult`` times the heads' LR (the segmentation recipes')."""
+    mults = {"backbone.": backbone_lr_mult} if backbone_lr_mult != 1.0 else None
+    return param_groups(network, weight_decay, layer_decay, mults)
+
+
 def schedule_length(
     trainer, warmup_epochs: float, warmup_steps: int | None = None
 ) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from ..models import NatForSemanticSegmentation
 from ..processor_config import segmentation_preprocessor_config
 from .base import ModelCard, NatTask, meta_training_flops
 from .inference import slide_logits, tta_scores
-from .optim import param_groups, warmup_poly
+from .optim import backbone_param_groups, warmup_poly
 from .seg_metrics import IGNORE_INDEX, SUPPORT, segmentation_metrics
 from .seg_network import HEAD_ARGS, build_segmentation_network, with_classes
 
@@ -313,8 +313,9 @@ class NatSegmenter(NatTask):
 
     def _param_groups(self) -> list[dict]:
         hp = self.hparams
-        mults = {"backbone.": hp.backbone_lr_mult} if hp.backbone_lr_mult != 1.0 else None
-        return param_groups(self.network, hp.weight_decay, hp.layer_decay, mults)
+        return backbone_param_groups(
+            self.network, hp.weight_decay, hp.layer_decay, hp.backbone_lr_mult
+        )
 
     def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
         hp = self.hparams

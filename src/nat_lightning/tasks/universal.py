@@ -28,7 +28,7 @@ from ..models import NatConfig
 from ..models.universal import NatForUniversalSegmentation
 from ..processor_config import universal_preprocessor_config
 from .base import ModelCard, NatTask
-from .optim import param_groups, warmup_poly, warmup_steps_decay
+from .optim import backbone_param_groups, warmup_poly, warmup_steps_decay
 from .seg_metrics import IGNORE_INDEX
 from .universal_metrics import UniversalMetrics
 from .universal_network import build_universal_network, head_settings, with_classes
@@ -363,8 +363,9 @@ class NatUniversalSegmenter(NatTask):
 
     def _param_groups(self) -> list[dict]:
         hp = self.hparams
-        mults = {"backbone.": hp.backbone_lr_mult} if hp.backbone_lr_mult != 1.0 else None
-        return param_groups(self.network, hp.weight_decay, hp.layer_decay, mults)
+        return backbone_param_groups(
+            self.network, hp.weight_decay, hp.layer_decay, hp.backbone_lr_mult
+        )
 
     def _lr_scheduler(self, optimizer, warmup_steps: int, total_steps: int):
         hp = self.hparams
