@@ -94,11 +94,11 @@ class MaskWriter(BasePredictionWriter):
             )
         folder = self._folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        images = self._overlay_images(trainer, pl_module, batch) if self.overlay else None
+        images = original_images(trainer, pl_module, batch) if self.overlay else None
         known = batch_indices if batch_indices and len(batch_indices) == len(ids) else None
         files = {}
         for k, i in enumerate(decoded):
-            stem = self._stem(ids[i])
+            stem = unique_stem(self._stems, ids[i])
             files[i] = f"{stem}.png"
             write_png(folder / files[i], mask_image(masks[k]))
             if images is not None:
@@ -111,32 +111,6 @@ class MaskWriter(BasePredictionWriter):
                 row["overlay"] = files[i].replace(".png", "_overlay.png") if i in files else ""
             self._rows.append((position if isinstance(position, int) else None, row))
 
-    def _stem(self, id_) -> str:
-        stem = Path(str(id_)).stem or str(id_)
-        seen = self._stems.get(stem, 0)
-        self._stems[stem] = seen + 1
-        return stem if seen == 0 else f"{stem}_{seen}"
-
-    def _overlay_images(self, trainer, pl_module, batch) -> list[np.ndarray]:
-        """Each decoded image as (h, w, 3) uint8 at its original size."""
-        stats = getattr(trainer.datamodule, "preprocessing", None) or pl_module.preprocessing or {}
-        if stats.get("mean") is None or stats.get("std") is None:
-            raise ValueError(
-                "overlay=True needs the mean and std that normalised the images: neither the "
-                "datamodule nor the model's preprocessing gives them"
-            )
-        images = batch["pixel_values"].float().cpu()
-        mean = torch.tensor(stats["mean"]).view(3, 1, 1)
-        std = torch.tensor(stats["std"]).view(3, 1, 1)
-        full = torch.tensor([images.shape[-2:]] * len(images))
-        content, sizes = batch.get("content", full), batch.get("sizes", full)
-        out = []
-        for image, (ch, cw), (h, w) in zip(images, content.tolist(), sizes.tolist()):
-            image = (image[:, :ch, :cw] * std + mean).clamp(0, 1)[None]
-            image = F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False)
-            out.append((image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
-        return out
-
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         """Gather every rank's index rows; rank 0 writes index.csv (the masks are written)."""
         rows = self._rows
@@ -145,14 +119,7 @@ class MaskWriter(BasePredictionWriter):
             dist.all_gather_object(parts, rows)  # the collective: every rank, once per epoch
             if trainer.global_rank != 0:
                 return
-            files = Counter(f for part in parts for f in {row["file"] for _, row in part} if f)
-            shared = [f for f, ranks in files.items() if ranks > 1]
-            if shared:
-                warnings.warn(
-                    f"several ranks wrote {sorted(shared)[:MAX_NAMED]}: inputs with "
-                    "the same file stem overwrote each other",
-                    stacklevel=1,
-                )
+            warn_shared([{row["file"] for _, row in part} for part in parts])
             rows = [item for part in parts for item in part]
         rows = merged([rows])
         path = self._folder(trainer) / "index.csv"
@@ -195,8 +162,13 @@ def write_png(path: Path, image: Image.Image) -> None:
     write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def write_index(path: Path, rows: list[dict], overlay: bool) -> None:
-    columns = ["id", "file", "overlay", "error"] if overlay else ["id", "file", "error"]
+def write_index(
+    path: Path, rows: list[dict], overlay: bool, columns: list[str] | None = None
+) -> None:
+    """``index.csv``: ``columns`` (MaskWriter's by default) of ``rows``, errors as ''."""
+    columns = columns or (
+        ["id", "file", "overlay", "error"] if overlay else ["id", "file", "error"]
+    )
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -206,3 +178,45 @@ def write_index(path: Path, rows: list[dict], overlay: bool) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, write)
+
+
+def unique_stem(stems: dict[str, int], id_) -> str:
+    """A path id's file stem, else the id itself; numbered (``cat_1``) after its first use in
+    ``stems`` (the counts so far, updated)."""
+    stem = Path(str(id_)).stem or str(id_)
+    seen = stems.get(stem, 0)
+    stems[stem] = seen + 1
+    return stem if seen == 0 else f"{stem}_{seen}"
+
+
+def warn_shared(files_per_rank: list[set[str]]) -> None:
+    """Warn of the files that several ranks wrote (inputs whose stems collided across ranks)."""
+    files = Counter(f for part in files_per_rank for f in part if f)
+    shared = [f for f, ranks in files.items() if ranks > 1]
+    if shared:
+        warnings.warn(
+            f"several ranks wrote {sorted(shared)[:MAX_NAMED]}: inputs with the same file stem "
+            "overwrote each other",
+            stacklevel=1,
+        )
+
+
+def original_images(trainer, pl_module, batch) -> list[np.ndarray]:
+    """Each decoded image as (h, w, 3) uint8 at its original size."""
+    stats = getattr(trainer.datamodule, "preprocessing", None) or pl_module.preprocessing or {}
+    if stats.get("mean") is None or stats.get("std") is None:
+        raise ValueError(
+            "overlay=True needs the mean and std that normalised the images: neither the "
+            "datamodule nor the model's preprocessing gives them"
+        )
+    images = batch["pixel_values"].float().cpu()
+    mean = torch.tensor(stats["mean"]).view(3, 1, 1)
+    std = torch.tensor(stats["std"]).view(3, 1, 1)
+    full = torch.tensor([images.shape[-2:]] * len(images))
+    content, sizes = batch.get("content", full), batch.get("sizes", full)
+    out = []
+    for image, (ch, cw), (h, w) in zip(images, content.tolist(), sizes.tolist()):
+        image = (image[:, :ch, :cw] * std + mean).clamp(0, 1)[None]
+        image = F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False)
+        out.append((image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    return out

@@ -12,10 +12,8 @@ order, as MaskWriter and PredictionWriter order their rows.
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,16 @@ from PIL import Image
 
 from ..files import write_atomically
 from ..runs import shown
-from .mask_writer import MaskWriter, mask_image, overlay_image, palette, write_png
+from .mask_writer import (
+    mask_image,
+    original_images,
+    overlay_image,
+    palette,
+    unique_stem,
+    warn_shared,
+    write_index,
+    write_png,
+)
 from .prediction_writer import MAX_NAMED, merged
 
 MODES = ("panoptic", "instance", "semantic")
@@ -117,7 +124,7 @@ class PanopticWriter(BasePredictionWriter):
         positions = [p if isinstance(p, int) else None for p in known]
         files, counts = {}, {}
         for k, i in enumerate(decoded):
-            files[i] = f"{self._stem(ids[i])}.png"
+            files[i] = f"{unique_stem(self._stems, ids[i])}.png"
             picture, entry, counts[i], painted = encoded(
                 mode, ids[i], files[i], segments[k], things
             )
@@ -145,12 +152,6 @@ class PanopticWriter(BasePredictionWriter):
         self._mode = mode
         return mode
 
-    def _stem(self, id_) -> str:
-        stem = Path(str(id_)).stem or str(id_)
-        seen = self._stems.get(stem, 0)
-        self._stems[stem] = seen + 1
-        return stem if seen == 0 else f"{stem}_{seen}"
-
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         """Gather every rank's rows and entries; rank 0 writes index.csv and predictions.json
         (the PNGs are written)."""
@@ -164,12 +165,13 @@ class PanopticWriter(BasePredictionWriter):
             mode = modes[0] if modes else None
             if trainer.global_rank != 0:
                 return
-            _warn_shared([{row["file"] for _, row in part} for part, _, _ in parts])
+            warn_shared([{row["file"] for _, row in part} for part, _, _ in parts])
             rows = [item for part, _, _ in parts for item in part]
             entries = [item for _, part, _ in parts for item in part]
         rows, entries = merged([rows]), merged([entries])
         folder = self._folder(trainer)
-        write_index(folder / "index.csv", rows, self.overlay)
+        columns = ["id", "file", *(["overlay"] if self.overlay else []), "segments", "error"]
+        write_index(folder / "index.csv", rows, self.overlay, columns)
         written = [folder / "index.csv"]
         if mode == "panoptic":
             names = categories(pl_module, entries, thing_ids(pl_module))
@@ -196,25 +198,8 @@ class PanopticWriter(BasePredictionWriter):
             )
 
 
-def _warn_shared(files_per_rank: list[set[str]]) -> None:
-    files = Counter(f for part in files_per_rank for f in part if f)
-    shared = [f for f, ranks in files.items() if ranks > 1]
-    if shared:
-        warnings.warn(
-            f"several ranks wrote {sorted(shared)[:MAX_NAMED]}: inputs with the same file stem "
-            "overwrote each other",
-            stacklevel=1,
-        )
-
-
 def overlay_name(file: str) -> str:
     return file.removesuffix(".png") + "_overlay.png"
-
-
-def original_images(trainer, pl_module, batch) -> list[np.ndarray]:
-    """Each decoded image of ``batch`` as (h, w, 3) uint8 at its original size: MaskWriter's
-    un-normalising, which reads no writer state (hence no ``self``)."""
-    return MaskWriter._overlay_images(None, trainer, pl_module, batch)
 
 
 def thing_ids(pl_module) -> set[int] | None:
@@ -329,15 +314,3 @@ def write_json(folder: Path, content) -> Path:
 
     write_atomically(path, write)
     return path
-
-
-def write_index(path: Path, rows: list[dict], overlay: bool) -> None:
-    columns = ["id", "file", *(["overlay"] if overlay else []), "segments", "error"]
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows({**row, "error": row["error"] or ""} for row in rows)
-
-    write_atomically(path, write)

@@ -178,6 +178,8 @@ class NatForUniversalSegmentation(nn.Module):
         points drawn from ``seed`` (transformers' matcher and losses sample random points), so
         that an image's loss does not depend on its batch or on the RNG's state."""
         aux = getattr(out, "auxiliary_logits", None) or getattr(out, "auxiliary_predictions", None)
+        logits = out.class_queries_logits
+        devices = [logits.device] if logits.is_cuda else []  # the CUDA RNG forked as well
         losses = []
         for i, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
             one = {"masks_queries_logits": out.masks_queries_logits[i : i + 1],
@@ -188,7 +190,6 @@ class NatForUniversalSegmentation(nn.Module):
             if self.architecture == "oneformer":
                 one |= {"contrastive_queries_logits": None, "text_queries": None,
                         "calculate_contrastive_loss": False}  # fmt: skip
-            devices = [out.class_queries_logits.device] if out.class_queries_logits.is_cuda else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 losses.append(self.heads.get_loss(self.heads.get_loss_dict(**one)).reshape(()))

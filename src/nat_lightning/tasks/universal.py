@@ -288,12 +288,10 @@ class NatUniversalSegmenter(NatTask):
         if len(images):
             out = self(images, "panoptic", output_auxiliary_logits=True)
             class_logits, mask_logits = out.class_queries_logits, out.masks_queries_logits
-            getattr(self, f"{stage}_metrics").update(
+            masks = getattr(self, f"{stage}_metrics").update(
                 class_logits, mask_logits, labels, batch["panoptic_map"], self._instances(batch)
             )
             losses = self.network.image_losses(out, **self._labels(batch))
-            size = [tuple(labels.shape[-2:])] * len(images)
-            masks = torch.stack(semantic_segmentation(class_logits, mask_logits, size))
         else:
             losses, masks = torch.zeros(0, device=images.device), labels
         # the mean over every rank's images of each image's loss (seeded: see image_losses)

@@ -244,12 +244,14 @@ class UniversalMetrics(torch.nn.Module):
         semantic: torch.Tensor,
         panoptic: torch.Tensor,
         instances: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    ) -> None:
+    ) -> torch.Tensor:
+        """Update every metric with a batch; returns its semantic maps (B, H, W), the class
+        per pixel, computed here once for the caller (pictures)."""
         size = tuple(semantic.shape[-2:])
         class_logits, mask_logits = class_logits.detach(), mask_logits.detach()
         sizes = [size] * len(semantic)
-        maps = semantic_segmentation(class_logits, mask_logits, sizes)
-        self.semantic.update(torch.stack(maps), semantic)
+        maps = torch.stack(semantic_segmentation(class_logits, mask_logits, sizes))
+        self.semantic.update(maps, semantic)
         results = panoptic_segmentation(
             class_logits, mask_logits, self.threshold,
             overlap_mask_area_threshold=self.overlap_mask_area_threshold,
@@ -261,6 +263,7 @@ class UniversalMetrics(torch.nn.Module):
         self.panoptic.update(_panoptic_pairs(results, self.unassigned), truth)
         found = instance_segmentation(class_logits, mask_logits, self.instance_threshold, sizes)
         self.instance.update([self._things(r) for r in found], instances)
+        return maps
 
     def _things(self, result) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """An instance result's (masks, scores, labels) of thing classes (AP is over things)."""
